@@ -1,0 +1,61 @@
+"""The one public entry point for rotary embeddings: ``apply_rope``."""
+import os
+from typing import Optional, Tuple
+
+import torch
+
+from .rope_torch import rope_qkv_torch
+
+BACKENDS = ('auto', 'torch', 'triton')
+BACKEND_ENV = 'TIMM_PE_ROPE_BACKEND'
+
+
+def _resolve_backend(backend: Optional[str], device: torch.device) -> str:
+    backend = backend or os.environ.get(BACKEND_ENV, 'auto')
+    if backend not in BACKENDS:
+        raise ValueError(f'Unknown RoPE backend {backend!r} (from argument or ${BACKEND_ENV}); allowed: {BACKENDS}')
+    if backend == 'auto':
+        return 'triton' if device.type == 'cuda' and triton_available() else 'torch'
+    return backend
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def apply_rope(
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        num_prefix_tokens: int = 0,
+        backend: Optional[str] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split a fused qkv projection into SDPA-ready q, k, v with q and k rotated.
+
+    Args:
+        qkv: (B, N, 3, heads, head_dim) activations straight from the qkv linear.
+        cos, sin: float32 tables (1 or heads, N - num_prefix_tokens, rot_dim // 2); rot_dim <= head_dim.
+        num_prefix_tokens: leading tokens (class, registers) that are never rotated.
+        backend: 'auto' (Triton on CUDA, PyTorch elsewhere), 'torch' or 'triton'; defaults to
+            ``$TIMM_PE_ROPE_BACKEND`` or 'auto'.
+
+    Returns:
+        q, k, v of shape (B, heads, N, head_dim); v is a view of ``qkv``.
+    """
+    if qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f'qkv must be (B, N, 3, heads, head_dim), got shape {tuple(qkv.shape)}')
+    B, N, _, H, D = qkv.shape
+    expected_rows = N - num_prefix_tokens
+    if cos.shape != sin.shape or cos.dim() != 3 or cos.shape[0] not in (1, H) or cos.shape[1] != expected_rows \
+            or 2 * cos.shape[2] > D:
+        raise ValueError(
+            f'RoPE tables must be (1 or {H}, {expected_rows}, <= {D // 2}) for qkv {tuple(qkv.shape)} with '
+            f'{num_prefix_tokens} prefix tokens, got cos {tuple(cos.shape)} and sin {tuple(sin.shape)}')
+    if _resolve_backend(backend, qkv.device) == 'triton':
+        from .rope_triton import rope_qkv_triton
+        return rope_qkv_triton(qkv, cos, sin, num_prefix_tokens)
+    return rope_qkv_torch(qkv, cos, sin, num_prefix_tokens)

@@ -1,0 +1,65 @@
+"""RoPE-Mixed (Heo et al., ECCV 2024): learnable 2D frequencies per head, so a pair can rotate along
+any direction (diagonals included), not only x or y."""
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from ._grid import TABLE_CACHE, Grid
+from .rope import check_rope_scaling, ntk_band_scale, rope_rot_dim, scaled_coords
+
+
+def init_mixed_frequencies(num_heads: int, rot_dim: int, theta: float = 10.) -> torch.Tensor:
+    """(2, heads, rot_dim/2) frequencies: magnitudes theta^(-4k/rot_dim) along a random direction per
+    head, the second half of the pairs at a right angle to the first."""
+    mag = theta ** (-torch.arange(rot_dim // 4, dtype=torch.float32) / (rot_dim // 4))
+    angle = torch.rand(num_heads, 1) * 2 * math.pi
+    fx = torch.cat([mag * torch.cos(angle), mag * torch.cos(angle + math.pi / 2)], dim=-1)
+    fy = torch.cat([mag * torch.sin(angle), mag * torch.sin(angle + math.pi / 2)], dim=-1)
+    return torch.stack([fx, fy])
+
+
+class RopeMixed(nn.Module):
+    """Per-head learnable rotary frequencies of one attention layer; tables are rebuilt from them each
+    call (they are trained), only the coordinates are cached."""
+    is_rotary = True
+
+    def __init__(
+            self,
+            head_dim: int,
+            num_heads: int,
+            theta: float = 10.,
+            rope_fraction: float = 1.,
+            rope_scaling: str = 'none',
+            train_grid: Optional[Grid] = None,
+    ):
+        super().__init__()
+        self.rot_dim = rope_rot_dim(head_dim, rope_fraction)
+        self.theta = theta
+        self.rope_scaling = check_rope_scaling(rope_scaling)
+        self.train_grid = tuple(train_grid) if train_grid is not None else None
+        self.freqs = nn.Parameter(init_mixed_frequencies(num_heads, self.rot_dim, theta))
+
+    def _coords(self, grid: Grid, device) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        x, y = scaled_coords(grid, self.rope_scaling, self.train_grid, device)
+        band_scale = ntk_band_scale(grid, self.rope_scaling, self.train_grid, self.rot_dim // 4, device)
+        if band_scale is not None:
+            band_scale = band_scale.repeat(2)
+        return torch.stack([x, y], dim=-1), band_scale
+
+    def tables(self, grid: Grid, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (heads, H*W, rot_dim/2) float32, differentiable in ``freqs``."""
+        grid = (int(grid[0]), int(grid[1]))
+        device = self.freqs.device
+        key = ('rope_mixed_coords', self.rope_scaling, self.train_grid, self.rot_dim, grid, device)
+        coords, band_scale = TABLE_CACHE.get(key, lambda: self._coords(grid, device))
+        freqs = self.freqs.float()
+        if band_scale is not None:
+            freqs = freqs * band_scale
+        # elementwise, not einsum: autocast would run a matmul in half precision
+        angles = coords[:, 0, None] * freqs[0, :, None] + coords[:, 1, None] * freqs[1, :, None]
+        return angles.cos(), angles.sin()
+
+    def extra_repr(self) -> str:
+        return f'rot_dim={self.rot_dim}, theta={self.theta}, rope_scaling={self.rope_scaling!r}'

@@ -1,0 +1,2 @@
+"""Model definitions; importing registers their entrypoints in timm."""
+from . import vit

@@ -1,0 +1,349 @@
+"""ViT with a choice of position encoding: timm's VisionTransformer, blocks and patch embedding, with
+``PositionalAttention`` in every block and the encoding chosen by two arguments.
+
+``abs_pos``: 'learn' (APE), 'sincos' or 'none' (added to the patch tokens).
+``attn_pos``: None, 'rope_axial', 'rope_mixed', 'alibi2d' or 'rpb' (inside attention).
+"""
+import math
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import resample_abs_pos_embed, to_2tuple
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from ..attention import PositionalAttention
+from ..encodings import Alibi2d, RelativePositionBias, RopeAxial, RopeMixed, resize_rpb_table, sincos_2d_embed
+
+__all__ = ['PeVisionTransformer', 'checkpoint_filter_fn', 'convert_timm_rope_vit']
+
+ABS_POS = ('learn', 'sincos', 'none')
+ATTN_POS = (None, 'rope_axial', 'rope_mixed', 'alibi2d', 'rpb')
+ROPE_THETA = {'rope_axial': 100., 'rope_mixed': 10.}
+
+
+def check_img_size(img_size, patch_size) -> Tuple[int, int]:
+    """The image size as (H, W), rejected unless both sides are multiples of the patch size."""
+    img_size, patch_size = to_2tuple(img_size), to_2tuple(patch_size)
+    if img_size[0] % patch_size[0] or img_size[1] % patch_size[1]:
+        raise ValueError(
+            f'Image size {img_size[0]}x{img_size[1]} is not a multiple of the patch size '
+            f'{patch_size[0]}x{patch_size[1]}; use sides such as {img_size[0] // patch_size[0] * patch_size[0]}'
+            f'x{img_size[1] // patch_size[1] * patch_size[1]}')
+    return img_size
+
+
+class PeBlock(Block):
+    """timm's pre-norm block, handing the patch grid to attention."""
+
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int], attn_mask: Optional[torch.Tensor] = None):
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), grid, attn_mask)))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+class PeVisionTransformer(VisionTransformer):
+    """timm VisionTransformer whose position information is set by ``abs_pos`` and ``attn_pos``."""
+
+    def __init__(
+            self,
+            abs_pos: str = 'learn',
+            attn_pos: Optional[str] = None,
+            rope_theta: Optional[float] = None,
+            rope_fraction: Optional[float] = None,
+            rope_scaling: Optional[str] = None,
+            rope_train_img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            **kwargs,
+    ):
+        """
+        Args:
+            abs_pos: absolute embedding added to the patch tokens: 'learn', 'sincos' or 'none'.
+            attn_pos: encoding inside attention: None, 'rope_axial', 'rope_mixed', 'alibi2d' or 'rpb'.
+            rope_theta: RoPE base (default 100 axial, 10 mixed).
+            rope_fraction: fraction of each head's dims that is rotated (partial RoPE), default 1.
+            rope_scaling: test-time resolution hook: 'none' (integer positions), 'interp' (positions
+                squeezed onto the training grid) or 'ntk' (frequency scaling).
+            rope_train_img_size: the image size the model was trained at, for 'interp' and 'ntk'.
+            **kwargs: timm VisionTransformer arguments.
+        """
+        if abs_pos not in ABS_POS:
+            raise ValueError(f'Unknown abs_pos {abs_pos!r}; allowed: {ABS_POS}')
+        if attn_pos not in ATTN_POS:
+            raise ValueError(f'Unknown attn_pos {attn_pos!r}; allowed: {ATTN_POS}')
+        rope_args = dict(rope_theta=rope_theta, rope_fraction=rope_fraction, rope_scaling=rope_scaling,
+                         rope_train_img_size=rope_train_img_size)
+        if attn_pos not in ROPE_THETA and any(v is not None for v in rope_args.values()):
+            given = sorted(k for k, v in rope_args.items() if v is not None)
+            raise TypeError(f'{given} only apply to RoPE models, not attn_pos={attn_pos!r}')
+        if attn_pos is not None and kwargs.get('patch_drop_rate', 0.):
+            raise ValueError('patch_drop_rate would drop tokens whose grid positions attention relies on')
+        patch_size = kwargs.get('patch_size', 16)
+        kwargs['img_size'] = check_img_size(kwargs.get('img_size', 224), patch_size)
+        super().__init__(
+            pos_embed='learn' if abs_pos == 'learn' else 'none',
+            block_fn=PeBlock,
+            attn_layer=PositionalAttention,
+            **kwargs,
+        )
+        self.abs_pos = abs_pos
+        self.attn_pos = attn_pos
+        num_heads = self.blocks[0].attn.num_heads
+        head_dim = self.embed_dim // num_heads
+        train_grid = None
+        if attn_pos in ROPE_THETA:
+            train_size = check_img_size(rope_train_img_size or kwargs['img_size'], patch_size)
+            train_grid = (train_size[0] // to_2tuple(patch_size)[0], train_size[1] // to_2tuple(patch_size)[1])
+        for blk in self.blocks:
+            if attn_pos == 'rope_axial':
+                enc = RopeAxial(head_dim, rope_theta or ROPE_THETA[attn_pos], rope_fraction or 1.,
+                                rope_scaling or 'none', train_grid)
+            elif attn_pos == 'rope_mixed':
+                enc = RopeMixed(head_dim, num_heads, rope_theta or ROPE_THETA[attn_pos], rope_fraction or 1.,
+                                rope_scaling or 'none', train_grid)
+            elif attn_pos == 'alibi2d':
+                enc = Alibi2d(num_heads)
+            elif attn_pos == 'rpb':
+                enc = RelativePositionBias(num_heads, self.patch_embed.grid_size)
+            else:
+                enc = None
+            blk.attn.set_position_encoding(enc, self.num_prefix_tokens)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        """timm's set plus every learned encoding: RoPE-Mixed frequencies and RPB tables."""
+        names = set(super().no_weight_decay())
+        names.update(n for n, _ in self.named_parameters() if '.pos_enc.' in n)
+        return names
+
+    def set_input_size(self, img_size=None, patch_size=None) -> None:
+        """New model resolution: APE and RPB tables are resampled, RoPE and ALiBi need nothing."""
+        if img_size is not None:
+            img_size = check_img_size(img_size, patch_size or self.patch_embed.patch_size)
+        super().set_input_size(img_size=img_size, patch_size=patch_size)
+        for blk in self.blocks:
+            if isinstance(blk.attn.pos_enc, RelativePositionBias):
+                blk.attn.pos_enc.set_grid(self.patch_embed.grid_size)
+
+    def patch_grid(self, x: torch.Tensor) -> Tuple[int, int]:
+        """Patch grid (H, W) of an input image batch."""
+        if self.dynamic_img_size:
+            return self.patch_embed.dynamic_feat_size(x.shape[-2:])
+        return self.patch_embed.grid_size
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.abs_pos == 'sincos':
+            grid = x.shape[1:3] if self.dynamic_img_size else self.patch_embed.grid_size
+            x = x + sincos_2d_embed(grid, self.embed_dim, x.device, x.dtype).view(x.shape[1:])
+        return super()._pos_embed(x)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        x = self._pos_embed(x)
+        x = self.patch_drop(x)
+        return self.norm_pre(x)
+
+    def _run_block(self, blk: nn.Module, x: torch.Tensor, grid: Tuple[int, int], attn_mask, is_causal: bool):
+        if is_causal:
+            raise ValueError('causal attention is not supported by position-encoding ViTs')
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(blk, x, grid, attn_mask)
+        return blk(x, grid, attn_mask)
+
+    def forward_features(
+            self,
+            x: torch.Tensor,
+            attn_mask: Optional[torch.Tensor] = None,
+            is_causal: bool = False,
+    ) -> torch.Tensor:
+        grid = self.patch_grid(x)
+        x = self._embed(x)
+        for blk in self.blocks:
+            x = self._run_block(blk, x, grid, attn_mask, is_causal)
+        return self.norm(x)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            return_prefix_tokens: bool = False,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+            output_dict: bool = False,
+            attn_mask: Optional[torch.Tensor] = None,
+            is_causal: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]], Dict[str, object]]:
+        """timm's ``forward_intermediates`` contract (see VisionTransformer)."""
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        B = x.shape[0]
+        grid = self.patch_grid(x)
+        x = self._embed(x)
+        blocks = self.blocks[:max_index + 1] if stop_early else self.blocks
+        intermediates = []
+        for i, blk in enumerate(blocks):
+            x = self._run_block(blk, x, grid, attn_mask, is_causal)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+
+        prefix = [y[:, :self.num_prefix_tokens] for y in intermediates] if self.num_prefix_tokens else None
+        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
+        if output_fmt == 'NCHW':
+            intermediates = [y.reshape(B, grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
+                             for y in intermediates]
+
+        if output_dict:
+            result = {'image_intermediates': intermediates}
+            if prefix is not None and return_prefix_tokens:
+                result['image_intermediates_prefix'] = prefix
+            if not intermediates_only:
+                result['image_features'] = self.norm(x)
+            return result
+        if return_prefix_tokens and prefix is not None:
+            intermediates = list(zip(intermediates, prefix))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+
+def _interleaved_to_half(w: torch.Tensor, num_heads: int, rot_dim: int) -> torch.Tensor:
+    """Reorder q or k projection rows in each head from interleaved rotation pairs (2j, 2j+1), as in
+    rope-vit and timm's EVA, to our rotate-half pairs (j, j + rot_dim/2); unrotated dims stay put."""
+    head_dim = w.shape[0] // num_heads
+    order = torch.cat([torch.arange(0, rot_dim, 2), torch.arange(1, rot_dim, 2), torch.arange(rot_dim, head_dim)])
+    return w.reshape(num_heads, head_dim, *w.shape[1:])[:, order].reshape(w.shape)
+
+
+def convert_timm_rope_vit(state_dict: Dict[str, torch.Tensor], model: PeVisionTransformer) -> Dict[str, torch.Tensor]:
+    """State dict of timm's rope-vit models (``vit_*_patch16_rope*_224``, timm's Eva class) in our layout.
+
+    Layer scale ``gamma_1/2`` becomes ``ls1/2.gamma``, split q/v biases are fused, the model-wide
+    RoPE-Mixed frequencies are split per layer, and q/k rows move from interleaved to rotate-half pairs.
+    """
+    num_heads = model.blocks[0].attn.num_heads
+    rot_dims = {enc.rot_dim for enc in (blk.attn.pos_enc for blk in model.blocks) if getattr(enc, 'is_rotary', False)}
+    head_dim = model.embed_dim // num_heads
+    if rot_dims and rot_dims != {head_dim}:
+        raise ValueError(f'rope-vit checkpoints rotate whole heads ({head_dim} dims); this model rotates '
+                         f'{sorted(rot_dims)}: build it with rope_fraction=1')
+    out = {}
+    for k, v in state_dict.items():
+        if k == 'rope.freqs':
+            for i in range(v.shape[1]):
+                out[f'blocks.{i}.attn.pos_enc.freqs'] = v[:, i]
+            continue
+        if k.endswith(('attn.q_bias', 'attn.v_bias', 'attn.k_bias')):
+            continue
+        k = k.replace('.gamma_1', '.ls1.gamma').replace('.gamma_2', '.ls2.gamma')
+        out[k] = v
+    for i in range(len(model.blocks)):
+        prefix = f'blocks.{i}.attn.'
+        if prefix + 'q_bias' in state_dict:
+            q_bias = state_dict[prefix + 'q_bias']
+            out[prefix + 'qkv.bias'] = torch.cat([q_bias, torch.zeros_like(q_bias), state_dict[prefix + 'v_bias']])
+        if rot_dims:
+            for name in ('qkv.weight', 'qkv.bias'):
+                if prefix + name in out:
+                    q, k, v = out[prefix + name].chunk(3)
+                    rot_dim = head_dim
+                    out[prefix + name] = torch.cat([
+                        _interleaved_to_half(q, num_heads, rot_dim), _interleaved_to_half(k, num_heads, rot_dim), v])
+    return out
+
+
+def square_rpb_grid(key: str, table: torch.Tensor) -> Tuple[int, int]:
+    """Grid of a checkpoint's RPB table, which is saved for a square training grid."""
+    side = math.isqrt(table.shape[0])
+    if side * side != table.shape[0] or side % 2 == 0:
+        raise ValueError(f'{key}: cannot infer the grid of a {tuple(table.shape)} RPB table; '
+                         f'only tables of square grids ((2G-1)^2 rows) can be resized')
+    return (side + 1) // 2, (side + 1) // 2
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PeVisionTransformer) -> Dict[str, torch.Tensor]:
+    """Adapt a checkpoint to ``model``: convert timm rope-vit (Eva) weights, resample APE to the model
+    grid, resize RPB tables. DeiT-III checkpoints need nothing more than the resampling."""
+    state_dict = state_dict.get('model', state_dict.get('state_dict', state_dict))
+    if 'rope.freqs' in state_dict or any('.gamma_1' in k for k in state_dict):
+        state_dict = convert_timm_rope_vit(state_dict, model)
+    out = {}
+    grid = model.patch_embed.grid_size
+    for k, v in state_dict.items():
+        if k == 'pos_embed' and model.pos_embed is not None and v.shape != model.pos_embed.shape:
+            num_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+            v = resample_abs_pos_embed(v, new_size=grid, num_prefix_tokens=num_prefix, verbose=True)
+        elif k.endswith('pos_enc.table'):
+            v = resize_rpb_table(v, square_rpb_grid(k, v), grid)
+        out[k] = v
+    return out
+
+
+def _cfg(**kwargs):
+    return {
+        'url': '',
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': None,
+        'crop_pct': .9,
+        'interpolation': 'bicubic',
+        'fixed_input_size': False,
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj',
+        'classifier': 'head',
+        'license': 'apache-2.0',
+        **kwargs,
+    }
+
+
+SIZES = {
+    'tiny': dict(embed_dim=192, num_heads=3),
+    'small': dict(embed_dim=384, num_heads=6),
+    'base': dict(embed_dim=768, num_heads=12),
+}
+ENCODINGS = {
+    'ape': dict(abs_pos='learn'),
+    'nope': dict(abs_pos='none'),
+    'sincos': dict(abs_pos='sincos'),
+    'rope_axial': dict(abs_pos='none', attn_pos='rope_axial'),
+    'rope_mixed': dict(abs_pos='none', attn_pos='rope_mixed'),
+    'rope_axial_ape': dict(abs_pos='learn', attn_pos='rope_axial'),
+    'rope_mixed_ape': dict(abs_pos='learn', attn_pos='rope_mixed'),
+    'alibi2d': dict(abs_pos='none', attn_pos='alibi2d'),
+    'rpb': dict(abs_pos='none', attn_pos='rpb'),
+}
+DEIT3_ARGS = dict(patch_size=16, depth=12, mlp_ratio=4, qkv_bias=True, init_values=1e-5, class_token=True,
+                  no_embed_class=True, global_pool='token')
+
+default_cfgs = generate_default_cfgs({f'vit_{size}_{enc}': _cfg() for size in SIZES for enc in ENCODINGS})
+
+
+def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> PeVisionTransformer:
+    return build_model_with_cfg(
+        PeVisionTransformer, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=3, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _make_entrypoint(size: str, encoding: str):
+    name = f'vit_{size}_{encoding}'
+    model_args = dict(DEIT3_ARGS, **SIZES[size], **ENCODINGS[encoding])
+
+    def entrypoint(pretrained: bool = False, **kwargs) -> PeVisionTransformer:
+        return _create_vit(name, pretrained=pretrained, **dict(model_args, **kwargs))
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__doc__ = f'ViT-{size[0].upper()}/16, DeiT-III blocks, position encoding: {encoding}.'
+    return register_model(entrypoint)
+
+
+for _size in SIZES:
+    for _encoding in ENCODINGS:
+        _make_entrypoint(_size, _encoding)

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from timm_pe.ops import apply_rope
+from timm_pe.ops.rope_torch import rope_qkv_reference
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('prefix', [0, 1, 5])
+@pytest.mark.parametrize('heads_in_table', [False, True])
+@pytest.mark.parametrize('head_dim,half', [(16, 8), (48, 6), (20, 4)])
+def test_torch_path_matches_reference(dtype, prefix, heads_in_table, head_dim, half):
+    torch.manual_seed(0)
+    B, N, H = 2, 11 + prefix, 3
+    # a slice of a wider linear output: the strides are not those of a contiguous qkv
+    qkv = torch.randn(B, N, 3 * H * head_dim + 7, dtype=dtype)[..., :3 * H * head_dim].view(B, N, 3, H, head_dim)
+    cos = torch.randn(H if heads_in_table else 1, N - prefix, half)
+    sin = torch.randn_like(cos)
+    out = apply_rope(qkv, cos, sin, prefix, backend='torch')
+    ref = rope_qkv_reference(qkv, cos, sin, prefix)
+    for a, b in zip(out, ref):
+        assert a.dtype == dtype and a.shape == (B, H, N, head_dim)
+        torch.testing.assert_close(a, b, atol=0, rtol=0) if dtype == torch.float32 else \
+            torch.testing.assert_close(a.float(), b.float())
+
+
+def test_torch_path_gradients_match_reference():
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 9, 3, 2, 8, requires_grad=True)
+    cos = torch.randn(2, 8, 4, requires_grad=True)
+    sin = torch.randn(2, 8, 4, requires_grad=True)
+    grads = []
+    for fn in (lambda *a: apply_rope(*a, backend='torch'), rope_qkv_reference):
+        q, k, v = fn(qkv, cos, sin, 1)
+        (q.square().sum() + (k * 3).sum() + v.sum()).backward()
+        grads.append([t.grad.clone() for t in (qkv, cos, sin)])
+        for t in (qkv, cos, sin):
+            t.grad = None
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_bad_tables_and_backend_are_rejected(monkeypatch):
+    qkv = torch.randn(1, 5, 3, 2, 8)
+    with pytest.raises(ValueError, match='RoPE tables must be'):
+        apply_rope(qkv, torch.randn(1, 5, 4), torch.randn(1, 5, 4), num_prefix_tokens=1)
+    with pytest.raises(ValueError, match='qkv must be'):
+        apply_rope(qkv.flatten(2), torch.randn(1, 5, 4), torch.randn(1, 5, 4))
+    monkeypatch.setenv('TIMM_PE_ROPE_BACKEND', 'cuda-magic')
+    with pytest.raises(ValueError, match='Unknown RoPE backend'):
+        apply_rope(qkv, torch.randn(1, 5, 4), torch.randn(1, 5, 4))

@@ -7,6 +7,8 @@ from torch.nn import functional as F
 
 from .ops import apply_rope
 
+torch.fx.wrap('apply_rope')
+
 
 class PositionalAttention(nn.Module):
     """Multi-head self-attention carrying one position encoding, always through SDPA.
@@ -62,12 +64,12 @@ class PositionalAttention(nn.Module):
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
         pos_enc = self.pos_enc
         if pos_enc is not None and pos_enc.is_rotary:
-            cos, sin = pos_enc.tables(grid, x.device)
-            q, k, v = apply_rope(qkv, cos, sin, self.num_prefix_tokens)
+            cos_sin = pos_enc.tables(grid, x)
+            q, k, v = apply_rope(qkv, cos_sin[0], cos_sin[1], self.num_prefix_tokens)
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             if pos_enc is not None:
-                bias = pos_enc.bias(grid, self.num_prefix_tokens, x.device, q.dtype)
+                bias = pos_enc.bias(grid, self.num_prefix_tokens, x).to(q.dtype)
                 attn_mask = bias if attn_mask is None else bias + attn_mask
         x = F.scaled_dot_product_attention(
             q, k, v,

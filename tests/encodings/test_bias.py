@@ -5,6 +5,8 @@ import torch
 
 from timm_pe.encodings import Alibi2d, GridCache, RelativePositionBias, alibi_slopes, relative_position_index
 
+CPU = torch.empty(0)  # names the device tables are built on
+
 
 def test_alibi_slopes_power_of_two_and_not():
     torch.testing.assert_close(alibi_slopes(4), torch.tensor([2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8]))
@@ -14,7 +16,7 @@ def test_alibi_slopes_power_of_two_and_not():
 
 def test_alibi_bias_is_minus_slope_times_distance():
     grid, heads, prefix = (3, 4), 6, 1
-    bias = Alibi2d(heads).bias(grid, prefix)
+    bias = Alibi2d(heads).bias(grid, prefix, CPU)
     slopes = alibi_slopes(heads)
     n = grid[0] * grid[1]
     assert bias.shape == (heads, n + prefix, n + prefix)
@@ -38,7 +40,7 @@ def test_rpb_index_matches_loop_reference():
 
 def test_rpb_bias_reads_the_table_by_offset():
     rpb = RelativePositionBias(num_heads=2, grid=(3, 4))
-    bias = rpb.bias((3, 4), num_prefix_tokens=1)
+    bias = rpb.bias((3, 4), 1, CPU)
     index = relative_position_index((3, 4))
     torch.testing.assert_close(bias[:, 1 + 5, 1 + 2], rpb.table[index[5, 2]])
     assert torch.all(bias[:, 0] == 0)
@@ -49,7 +51,7 @@ def test_rpb_resizes_for_a_new_grid():
     center = rpb.table.detach()[2 * 5 + 2].clone()  # offset (0, 0)
     rpb.set_grid((5, 5))
     assert rpb.table.shape == (81, 2)
-    assert rpb.bias((5, 5), 0).shape == (2, 25, 25)
+    assert rpb.bias((5, 5), 0, CPU).shape == (2, 25, 25)
     torch.testing.assert_close(rpb.table.detach()[4 * 9 + 4], center, atol=.02, rtol=0)
 
 

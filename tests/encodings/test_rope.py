@@ -6,13 +6,15 @@ import torch
 from timm_pe.encodings import RopeAxial, RopeMixed, init_mixed_frequencies, rope_rot_dim
 from timm_pe.ops import apply_rope
 
+CPU = torch.empty(0)  # names the device tables are built on
+
 
 def rotated_scores(enc, grid, head_dim, num_heads=2, num_prefix_tokens=0):
     """q.k scores when every token carries the same q and k vectors: only positions differ."""
     torch.manual_seed(0)
     n = grid[0] * grid[1] + num_prefix_tokens
     qkv = torch.randn(1, 1, 3, num_heads, head_dim, dtype=torch.float64).float().expand(1, n, 3, num_heads, head_dim)
-    cos, sin = enc.tables(grid)
+    cos, sin = enc.tables(grid, CPU)
     q, k, _ = apply_rope(qkv.contiguous(), cos, sin, num_prefix_tokens)
     return q @ k.transpose(-1, -2)
 
@@ -39,7 +41,7 @@ def test_scores_depend_only_on_relative_offsets(make_enc):
 
 def test_rotation_preserves_norms():
     qkv = torch.randn(2, 21, 3, 2, 16)
-    cos, sin = RopeMixed(16, 2).tables((4, 5))
+    cos, sin = RopeMixed(16, 2).tables((4, 5), CPU)
     q, k, _ = apply_rope(qkv, cos, sin, num_prefix_tokens=1)
     torch.testing.assert_close(q.norm(dim=-1), qkv[:, :, 0].transpose(1, 2).norm(dim=-1))
     torch.testing.assert_close(k.norm(dim=-1), qkv[:, :, 1].transpose(1, 2).norm(dim=-1))
@@ -49,7 +51,7 @@ def test_partial_rope_leaves_other_dims_and_prefix_untouched():
     enc = RopeAxial(32, rope_fraction=.25)
     assert enc.rot_dim == 8
     qkv = torch.randn(2, 13, 3, 2, 32)
-    q, k, v = apply_rope(qkv, *enc.tables((3, 4)), num_prefix_tokens=1)
+    q, k, v = apply_rope(qkv, *enc.tables((3, 4), CPU), num_prefix_tokens=1)
     q_in = qkv[:, :, 0].transpose(1, 2)
     assert torch.equal(q[..., 8:], q_in[..., 8:])
     assert torch.equal(q[:, :, :1], q_in[:, :, :1])
@@ -59,7 +61,7 @@ def test_partial_rope_leaves_other_dims_and_prefix_untouched():
 
 def test_axial_angles_follow_reference_formula():
     enc = RopeAxial(16, theta=100.)
-    cos, sin = enc.tables((3, 5))
+    cos, sin = enc.tables((3, 5), CPU)
     angles = torch.atan2(sin, cos)[0]
     f = 100. ** (-4 * torch.arange(4) / 16)
     token = 1 * 5 + 3  # y = 1, x = 3
@@ -80,7 +82,7 @@ def test_mixed_init_matches_reference_formula():
 
 def test_mixed_tables_are_differentiable():
     enc = RopeMixed(16, 2)
-    cos, sin = enc.tables((2, 3))
+    cos, sin = enc.tables((2, 3), CPU)
     (cos.sum() + sin.sum()).backward()
     assert enc.freqs.grad is not None and enc.freqs.grad.abs().sum() > 0
 
@@ -99,19 +101,19 @@ def test_bad_rope_options_are_rejected():
 
 def test_interp_squeezes_positions_onto_training_grid():
     train = RopeAxial(16, rope_scaling='interp', train_grid=(4, 4))
-    cos, sin = train.tables((8, 8))
+    cos, sin = train.tables((8, 8), CPU)
     plain = RopeAxial(16)
     angles = torch.atan2(sin, cos)[0]
     # token (y=2, x=6) on the 8x8 grid sits at (1, 3) of the 4x4 training grid
-    ref_cos, ref_sin = plain.tables((4, 4))
+    ref_cos, ref_sin = plain.tables((4, 4), CPU)
     torch.testing.assert_close(angles[2 * 8 + 6], torch.atan2(ref_sin, ref_cos)[0, 1 * 4 + 3])
     # at the training grid it is a no-op
-    torch.testing.assert_close(train.tables((4, 4))[0], ref_cos)
+    torch.testing.assert_close(train.tables((4, 4), CPU)[0], ref_cos)
 
 
 def test_ntk_slows_the_slowest_band_by_the_growth_factor():
     enc = RopeAxial(16, rope_scaling='ntk', train_grid=(4, 4))
-    cos, sin = enc.tables((8, 8))
+    cos, sin = enc.tables((8, 8), CPU)
     angles = torch.atan2(sin, cos)[0]
     f = enc.frequencies()
     x1 = 1  # token 1 is at x = 1

@@ -122,6 +122,20 @@ def test_half_precision_keeps_float32_tables():
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize('name', ['vit_tiny_rope_mixed', 'vit_tiny_alibi2d', 'vit_tiny_rpb', 'vit_tiny_sincos'])
+def test_compiles_in_one_graph_and_fx_traces(name):
+    model = small(name).eval()
+    x = torch.randn(1, 3, 224, 224)
+    compiled = torch.compile(model, fullgraph=True, backend='eager')
+    traced = torch.fx.symbolic_trace(model, concrete_args={'attn_mask': None, 'is_causal': False})
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(compiled(x), expected)
+        torch.testing.assert_close(traced(x), expected)
+    assert any(n.target.__name__ == 'apply_rope' for n in traced.graph.nodes if n.op == 'call_function') \
+        == ('rope' in name)
+
+
 PEERS = [
     ('vit_small_patch16_rope_224', 'vit_small_rope_axial'),
     ('vit_small_patch16_rope_mixed_224', 'vit_small_rope_mixed'),

@@ -28,6 +28,23 @@ def pad_prefix(bias: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
     return nn.functional.pad(bias, (p, 0, p, 0))
 
 
+def alibi_bias(like: torch.Tensor, grid: Grid, num_heads: int, num_prefix_tokens: int) -> torch.Tensor:
+    """Cached bias for a grid on ``like``'s device; FX records this call as one node."""
+    grid = (int(grid[0]), int(grid[1]))
+    device = like.device
+
+    def build():
+        x, y = grid_coords(grid, device)
+        distance = torch.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
+        bias = -alibi_slopes(num_heads).to(device)[:, None, None] * distance
+        return pad_prefix(bias, num_prefix_tokens)
+
+    return TABLE_CACHE.get(('alibi2d', num_heads, grid, num_prefix_tokens, device), build)
+
+
+torch.fx.wrap('alibi_bias')
+
+
 class Alibi2d(nn.Module):
     """Fixed 2D ALiBi bias; the same for every layer, so built once per grid and cached."""
     is_rotary = False
@@ -36,14 +53,6 @@ class Alibi2d(nn.Module):
         super().__init__()
         self.num_heads = num_heads
 
-    def _build(self, grid: Grid, num_prefix_tokens: int, device, dtype) -> torch.Tensor:
-        x, y = grid_coords(grid, device)
-        distance = torch.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
-        bias = -alibi_slopes(self.num_heads).to(device)[:, None, None] * distance
-        return pad_prefix(bias, num_prefix_tokens).to(dtype)
-
-    def bias(self, grid: Grid, num_prefix_tokens: int, device=None, dtype=torch.float32) -> torch.Tensor:
-        """(heads, N, N) additive logits bias, N = prefix + H*W."""
-        grid = (int(grid[0]), int(grid[1]))
-        key = ('alibi2d', self.num_heads, grid, num_prefix_tokens, device, dtype)
-        return TABLE_CACHE.get(key, lambda: self._build(grid, num_prefix_tokens, device, dtype))
+    def bias(self, grid: Grid, num_prefix_tokens: int, like: torch.Tensor) -> torch.Tensor:
+        """(heads, N, N) float32 additive logits bias, N = prefix + H*W."""
+        return alibi_bias(like, grid, self.num_heads, num_prefix_tokens)

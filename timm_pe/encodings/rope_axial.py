@@ -9,6 +9,33 @@ from ._grid import TABLE_CACHE, Grid
 from .rope import check_rope_scaling, ntk_band_scale, rope_rot_dim, scaled_coords
 
 
+def axial_frequencies(rot_dim: int, theta: float, device=None) -> torch.Tensor:
+    """f_k = theta^(-4k/rot_dim) for k < rot_dim/4."""
+    num_bands = rot_dim // 4
+    return theta ** (-torch.arange(num_bands, device=device, dtype=torch.float32) / num_bands)
+
+
+def rope_axial_tables(like: torch.Tensor, grid: Grid, rot_dim: int, theta: float, rope_scaling: str,
+                      train_grid: Optional[Grid]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cached (cos, sin) for a grid. ``like`` only names the device; FX records this call as one node."""
+    grid = (int(grid[0]), int(grid[1]))
+    device = like.device
+
+    def build():
+        x, y = scaled_coords(grid, rope_scaling, train_grid, device)
+        freqs = axial_frequencies(rot_dim, theta, device)
+        band_scale = ntk_band_scale(grid, rope_scaling, train_grid, rot_dim // 4, device)
+        if band_scale is not None:
+            freqs = freqs * band_scale
+        angles = torch.cat([x[:, None] * freqs, y[:, None] * freqs], dim=-1).unsqueeze(0)
+        return angles.cos(), angles.sin()
+
+    return TABLE_CACHE.get(('rope_axial', rot_dim, theta, rope_scaling, train_grid, grid, device), build)
+
+
+torch.fx.wrap('rope_axial_tables')
+
+
 class RopeAxial(nn.Module):
     """Axial rotary tables shared by all heads; built in float32 once per grid and cached."""
     is_rotary = True
@@ -27,29 +54,12 @@ class RopeAxial(nn.Module):
         self.rope_scaling = check_rope_scaling(rope_scaling)
         self.train_grid = tuple(train_grid) if train_grid is not None else None
 
-    @property
-    def num_bands(self) -> int:
-        return self.rot_dim // 4
+    def frequencies(self) -> torch.Tensor:
+        return axial_frequencies(self.rot_dim, self.theta)
 
-    def frequencies(self, device=None) -> torch.Tensor:
-        """f_k = theta^(-4k/rot_dim) for k < rot_dim/4."""
-        k = torch.arange(self.num_bands, device=device, dtype=torch.float32)
-        return self.theta ** (-k / self.num_bands)
-
-    def _build(self, grid: Grid, device) -> Tuple[torch.Tensor, torch.Tensor]:
-        x, y = scaled_coords(grid, self.rope_scaling, self.train_grid, device)
-        freqs = self.frequencies(device)
-        band_scale = ntk_band_scale(grid, self.rope_scaling, self.train_grid, self.num_bands, device)
-        if band_scale is not None:
-            freqs = freqs * band_scale
-        angles = torch.cat([x[:, None] * freqs, y[:, None] * freqs], dim=-1).unsqueeze(0)
-        return angles.cos(), angles.sin()
-
-    def tables(self, grid: Grid, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin), each (1, H*W, rot_dim/2) float32."""
-        grid = (int(grid[0]), int(grid[1]))
-        key = ('rope_axial', self.rot_dim, self.theta, self.rope_scaling, self.train_grid, grid, device)
-        return TABLE_CACHE.get(key, lambda: self._build(grid, device))
+    def tables(self, grid: Grid, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (1, H*W, rot_dim/2) float32, on ``like``'s device."""
+        return rope_axial_tables(like, grid, self.rot_dim, self.theta, self.rope_scaling, self.train_grid)
 
     def extra_repr(self) -> str:
         return f'rot_dim={self.rot_dim}, theta={self.theta}, rope_scaling={self.rope_scaling!r}'

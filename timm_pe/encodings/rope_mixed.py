@@ -20,6 +20,26 @@ def init_mixed_frequencies(num_heads: int, rot_dim: int, theta: float = 10.) -> 
     return torch.stack([fx, fy])
 
 
+def mixed_coords(like: torch.Tensor, grid: Grid, rot_dim: int, rope_scaling: str,
+                 train_grid: Optional[Grid]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cached (H*W, 2) positions and (rot_dim/2,) per-pair frequency factors for a grid, on ``like``'s
+    device; FX records this call as one node."""
+    grid = (int(grid[0]), int(grid[1]))
+    device = like.device
+
+    def build():
+        x, y = scaled_coords(grid, rope_scaling, train_grid, device)
+        band_scale = ntk_band_scale(grid, rope_scaling, train_grid, rot_dim // 4, device)
+        if band_scale is None:
+            band_scale = torch.ones(rot_dim // 4, device=device)
+        return torch.stack([x, y], dim=-1), band_scale.repeat(2)
+
+    return TABLE_CACHE.get(('rope_mixed_coords', rot_dim, rope_scaling, train_grid, grid, device), build)
+
+
+torch.fx.wrap('mixed_coords')
+
+
 class RopeMixed(nn.Module):
     """Per-head learnable rotary frequencies of one attention layer; tables are rebuilt from them each
     call (they are trained), only the coordinates are cached."""
@@ -41,22 +61,10 @@ class RopeMixed(nn.Module):
         self.train_grid = tuple(train_grid) if train_grid is not None else None
         self.freqs = nn.Parameter(init_mixed_frequencies(num_heads, self.rot_dim, theta))
 
-    def _coords(self, grid: Grid, device) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        x, y = scaled_coords(grid, self.rope_scaling, self.train_grid, device)
-        band_scale = ntk_band_scale(grid, self.rope_scaling, self.train_grid, self.rot_dim // 4, device)
-        if band_scale is not None:
-            band_scale = band_scale.repeat(2)
-        return torch.stack([x, y], dim=-1), band_scale
-
-    def tables(self, grid: Grid, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def tables(self, grid: Grid, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin), each (heads, H*W, rot_dim/2) float32, differentiable in ``freqs``."""
-        grid = (int(grid[0]), int(grid[1]))
-        device = self.freqs.device
-        key = ('rope_mixed_coords', self.rope_scaling, self.train_grid, self.rot_dim, grid, device)
-        coords, band_scale = TABLE_CACHE.get(key, lambda: self._coords(grid, device))
-        freqs = self.freqs.float()
-        if band_scale is not None:
-            freqs = freqs * band_scale
+        coords, band_scale = mixed_coords(like, grid, self.rot_dim, self.rope_scaling, self.train_grid)
+        freqs = self.freqs.float() * band_scale
         # elementwise, not einsum: autocast would run a matmul in half precision
         angles = coords[:, 0, None] * freqs[0, :, None] + coords[:, 1, None] * freqs[1, :, None]
         return angles.cos(), angles.sin()

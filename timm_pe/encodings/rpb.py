@@ -1,6 +1,4 @@
 """Relative position bias (Swin v1, BEiT): a learned bias per head for every (dy, dx) offset."""
-from typing import Optional
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -17,6 +15,16 @@ def relative_position_index(grid: Grid, device=None) -> torch.Tensor:
     dy = y[:, None] - y[None, :] + h - 1
     dx = x[:, None] - x[None, :] + w - 1
     return dy * (2 * w - 1) + dx
+
+
+def cached_relative_position_index(like: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Flattened index for a grid on ``like``'s device, cached; FX records this call as one node."""
+    grid = (int(grid[0]), int(grid[1]))
+    return TABLE_CACHE.get(('rpb_index', grid, like.device),
+                           lambda: relative_position_index(grid, like.device).reshape(-1))
+
+
+torch.fx.wrap('cached_relative_position_index')
 
 
 def resize_rpb_table(table: torch.Tensor, old_grid: Grid, new_grid: Grid) -> torch.Tensor:
@@ -52,11 +60,10 @@ class RelativePositionBias(nn.Module):
                 self.table = nn.Parameter(resize_rpb_table(self.table.data, self.grid, grid))
             self.grid = grid
 
-    def bias(self, grid: Grid, num_prefix_tokens: int, device=None, dtype: Optional[torch.dtype] = None):
+    def bias(self, grid: Grid, num_prefix_tokens: int, like: torch.Tensor) -> torch.Tensor:
         """(heads, N, N) additive logits bias, N = prefix + H*W."""
         grid = (int(grid[0]), int(grid[1]))
         table = resize_rpb_table(self.table, self.grid, grid)
-        index = TABLE_CACHE.get(('rpb_index', grid, table.device), lambda: relative_position_index(grid, table.device))
         n = grid[0] * grid[1]
-        bias = table[index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
-        return pad_prefix(bias, num_prefix_tokens).to(dtype or table.dtype)
+        bias = table[cached_relative_position_index(like, grid)].reshape(n, n, -1).permute(2, 0, 1)
+        return pad_prefix(bias, num_prefix_tokens)

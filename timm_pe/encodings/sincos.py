@@ -5,8 +5,12 @@ from timm.layers import build_sincos2d_pos_embed
 from ._grid import TABLE_CACHE, Grid
 
 
-def sincos_2d_embed(grid: Grid, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """(H*W, dim) embedding in raster order (timm's builder, float32, cached per grid)."""
+def sincos_2d_embed(like: torch.Tensor, grid: Grid, dim: int) -> torch.Tensor:
+    """(H*W, dim) float32 embedding in raster order on ``like``'s device (timm's builder, cached per
+    grid); FX records this call as one node."""
     grid = (int(grid[0]), int(grid[1]))
-    key = ('sincos2d', dim, grid, device, dtype)
-    return TABLE_CACHE.get(key, lambda: build_sincos2d_pos_embed(list(grid), dim, device=device).to(dtype))
+    return TABLE_CACHE.get(('sincos2d', dim, grid, like.device),
+                           lambda: build_sincos2d_pos_embed(list(grid), dim, device=like.device))
+
+
+torch.fx.wrap('sincos_2d_embed')

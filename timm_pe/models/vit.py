@@ -12,12 +12,14 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
+from timm.models._input import update_model_args
 from timm.models._manipulate import checkpoint
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from ..attention import PositionalAttention
 from ..encodings import Alibi2d, RelativePositionBias, RopeAxial, RopeMixed, resize_rpb_table, sincos_2d_embed
+from ._pretrained import VIT_IN1K, checked_filter, pretrained_cfgs, pretrained_img_size
 
 __all__ = ['PeVisionTransformer', 'checkpoint_filter_fn', 'convert_timm_rope_vit']
 
@@ -136,7 +138,7 @@ class PeVisionTransformer(VisionTransformer):
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.abs_pos == 'sincos':
             grid = x.shape[1:3] if self.dynamic_img_size else self.patch_embed.grid_size
-            x = x + sincos_2d_embed(grid, self.embed_dim, x.device, x.dtype).view(x.shape[1:])
+            x = x + sincos_2d_embed(x, grid, self.embed_dim).to(x.dtype).view(x.shape[1:])
         return super()._pos_embed(x)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -319,17 +321,43 @@ ENCODINGS = {
 }
 DEIT3_ARGS = dict(patch_size=16, depth=12, mlp_ratio=4, qkv_bias=True, init_values=1e-5, class_token=True,
                   no_embed_class=True, global_pool='token')
+PAPER_IDS = {
+    'ape': ('arXiv:2010.11929', 'arXiv:2204.07118'),
+    'nope': 'arXiv:2010.11929',
+    'sincos': 'arXiv:2010.11929',
+    'rope_axial': 'arXiv:2403.13298',
+    'rope_mixed': 'arXiv:2403.13298',
+    'rope_axial_ape': 'arXiv:2403.13298',
+    'rope_mixed_ape': 'arXiv:2403.13298',
+    'alibi2d': ('arXiv:2311.00566', 'arXiv:2108.12409'),
+    'rpb': 'arXiv:2103.14030',
+}
+# Trained with the ImageNet100 recipe (recipes/*.yaml).
+IN100_ARCHS = {f'vit_small_{enc}' for enc in ('ape', 'nope', 'rope_axial', 'rope_mixed', 'alibi2d', 'rpb')}
 
-default_cfgs = generate_default_cfgs({f'vit_{size}_{enc}': _cfg() for size in SIZES for enc in ENCODINGS})
+default_cfgs = generate_default_cfgs({
+    name: cfg
+    for size in SIZES for enc in ENCODINGS
+    for name, cfg in pretrained_cfgs(
+        f'vit_{size}_{enc}', _cfg(paper_ids=PAPER_IDS[enc]),
+        in1k=VIT_IN1K.get(f'vit_{size}_{enc}'), in100=f'vit_{size}_{enc}' in IN100_ARCHS).items()
+})
 
 
 def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> PeVisionTransformer:
-    return build_model_with_cfg(
+    is_rope = kwargs.get('attn_pos') in ROPE_THETA
+    if is_rope and pretrained and kwargs.get('rope_train_img_size') is None:
+        kwargs['rope_train_img_size'] = pretrained_img_size(variant, kwargs)
+    model = build_model_with_cfg(
         PeVisionTransformer, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=checked_filter(checkpoint_filter_fn),
         feature_cfg=dict(out_indices=3, feature_cls='getter'),
         **kwargs,
     )
+    if is_rope and kwargs.get('rope_train_img_size') is not None:
+        # recorded so that an export rebuilds the same training grid at any img_size
+        update_model_args(model, rope_train_img_size=to_2tuple(kwargs['rope_train_img_size']))
+    return model
 
 
 def _make_entrypoint(size: str, encoding: str):

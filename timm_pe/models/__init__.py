@@ -1,2 +1,3 @@
 """Model definitions; importing registers their entrypoints in timm."""
 from . import vit
+from . import swin

@@ -1,0 +1,367 @@
+"""Swin (v1) with a choice of position encoding inside the windows: timm's SwinTransformer with its stages,
+patch merging, window partition and cyclic shift, where only the window attention is replaced.
+
+``attn_pos``: 'rpb' (Swin's relative position bias, timm's parameter names), 'rope_axial', 'rope_mixed' or
+'alibi2d'. Rotary and ALiBi encodings use window-local coordinates (x = i mod Ww, y = i div Ww inside the
+window), the same in shifted and unshifted blocks.
+
+Other resolutions follow rope-vit: by default the window is image size / 32 (7 at 224, 12 at 384), and
+``set_input_size`` scales the windows with the grid (timm); ``window_size=`` fixes them instead. Image sizes
+must split into whole windows at every stage: timm would pad instead, letting padding tokens into attention.
+"""
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import resize_rel_pos_bias_table, to_2tuple, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import swin_transformer as timm_swin
+from timm.models.swin_transformer import SwinTransformer
+from torch import nn
+
+from ..attention import PositionalAttention
+from ..encodings import Alibi2d, RopeAxial, RopeMixed
+from ..encodings.rpb import cached_relative_position_index
+
+__all__ = ['PeSwinTransformer', 'SwinWindowAttention', 'checkpoint_filter_fn', 'stage_windows']
+
+ATTN_POS = ('rpb', 'rope_axial', 'rope_mixed', 'alibi2d')
+ROPE_THETA = {'rope_axial': 50., 'rope_mixed': 10.}
+
+Size = Tuple[int, int]
+
+
+def stage_windows(
+        img_size: Union[int, Size],
+        patch_size: Union[int, Size],
+        windows: Sequence[Size],
+        always_partition: bool = False,
+) -> Tuple[Size, ...]:
+    """The window each stage's blocks use at ``img_size``, checked to tile every stage grid exactly.
+
+    Like timm, a window larger than its stage grid shrinks to the grid (and its blocks do not shift) unless
+    ``always_partition``. Raises ValueError where timm would silently pad.
+    """
+    img_size, patch_size = to_2tuple(img_size), to_2tuple(patch_size)
+    num_stages = len(windows)
+    multiple = (patch_size[0] * 2 ** (num_stages - 1), patch_size[1] * 2 ** (num_stages - 1))
+    if img_size[0] % multiple[0] or img_size[1] % multiple[1]:
+        raise ValueError(
+            f'Image size {img_size[0]}x{img_size[1]} is not a multiple of {multiple[0]}x{multiple[1]} (patch size '
+            f'times the {2 ** (num_stages - 1)}x downsampling of the last stage); use e.g. '
+            f'{img_size[0] // multiple[0] * multiple[0] or multiple[0]}x{img_size[1] // multiple[1] * multiple[1] or multiple[1]}')
+    out = []
+    for index, window in enumerate(windows):
+        grid = (img_size[0] // (patch_size[0] * 2 ** index), img_size[1] // (patch_size[1] * 2 ** index))
+        window = tuple(window) if always_partition else (min(grid[0], window[0]), min(grid[1], window[1]))
+        if grid[0] % window[0] or grid[1] % window[1]:
+            raise ValueError(
+                f'At image size {img_size[0]}x{img_size[1]} stage {index} has a {grid[0]}x{grid[1]} grid, which '
+                f'{window[0]}x{window[1]} windows do not tile; use a window that divides every stage grid (the default, '
+                f'image size / {multiple[0]}, does) or another image size')
+        out.append(window)
+    return tuple(out)
+
+
+class SwinWindowAttention(PositionalAttention):
+    """PositionalAttention over the windows of timm's Swin blocks, with timm's ``WindowAttention`` interface.
+
+    The window is the attention's grid, so rotary and ALiBi encodings see window-local coordinates. The
+    relative position bias keeps timm's parameter name and layout (``relative_position_bias_table``, index
+    (dy + Wh-1)(2Ww-1) + dx + Ww-1) so timm's Swin checkpoints load unchanged.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            window_size: Union[int, Size] = 7,
+            qkv_bias: bool = True,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            rpb: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
+                         device=device, dtype=dtype)
+        self.window_size = to_2tuple(window_size)
+        if rpb:
+            win_h, win_w = self.window_size
+            self.relative_position_bias_table = nn.Parameter(
+                torch.empty((2 * win_h - 1) * (2 * win_w - 1), num_heads, device=device, dtype=dtype))
+        else:
+            self.register_parameter('relative_position_bias_table', None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.relative_position_bias_table is not None:
+            trunc_normal_(self.relative_position_bias_table, std=.02)
+
+    def set_window_size(self, window_size: Union[int, Size]) -> None:
+        """Called by timm's block on a resize: the RPB table is resampled exactly as timm does; rotary and
+        ALiBi encodings need nothing."""
+        window_size = to_2tuple(window_size)
+        table = self.relative_position_bias_table
+        if window_size != self.window_size and table is not None:
+            with torch.no_grad():
+                shape = ((2 * window_size[0] - 1) * (2 * window_size[1] - 1), self.num_heads)
+                resized = resize_rel_pos_bias_table(
+                    table, new_window_size=window_size, new_bias_shape=shape, old_window_size=self.window_size)
+            self.relative_position_bias_table = nn.Parameter(resized, requires_grad=table.requires_grad)
+        self.window_size = window_size
+
+    def relative_position_bias(self, like: torch.Tensor) -> torch.Tensor:
+        """(heads, N, N) bias gathered from the table for the current window."""
+        n = self.window_size[0] * self.window_size[1]
+        index = cached_relative_position_index(like, self.window_size)
+        return self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (B * num_windows, N, C) window tokens in raster order; mask: timm's (num_windows, N, N) shift
+        mask in shifted blocks, None in unshifted ones (then rotary models attend with no mask at all)."""
+        attn_mask = None
+        if mask is not None:
+            # windows are batch-major: window w of image b is row b * num_windows + w
+            attn_mask = mask.repeat(x.shape[0] // mask.shape[0], 1, 1).unsqueeze(1)
+        if self.relative_position_bias_table is not None:
+            bias = self.relative_position_bias(x)
+            attn_mask = bias if attn_mask is None else bias + attn_mask
+        return super().forward(x, self.window_size, attn_mask)
+
+
+class PeSwinTransformer(SwinTransformer):
+    """timm's SwinTransformer whose window attention carries the encoding chosen by ``attn_pos``."""
+
+    def __init__(
+            self,
+            attn_pos: str = 'rpb',
+            img_size: Union[int, Size] = 224,
+            window_size: Optional[Union[int, Size, Sequence[Union[int, Size]]]] = None,
+            rope_theta: Optional[float] = None,
+            rope_fraction: Optional[float] = None,
+            rope_scaling: Optional[str] = None,
+            rope_train_img_size: Optional[Union[int, Size]] = None,
+            **kwargs,
+    ):
+        """
+        Args:
+            attn_pos: 'rpb', 'rope_axial', 'rope_mixed' or 'alibi2d'.
+            img_size: input image size; sides must be multiples of 32 (patch 4, three patch mergings).
+            window_size: an int or (h, w) for all stages, or one per stage; default image size / 32.
+            rope_theta: RoPE base (default 50 axial, 10 mixed).
+            rope_fraction: fraction of each head's dims that is rotated (partial RoPE), default 1.
+            rope_scaling: test-time resolution hook: 'none', 'interp' or 'ntk' (see RopeAxial).
+            rope_train_img_size: the image size the model was trained at; its windows are the training
+                grids of 'interp' and 'ntk' (default: the windows built here).
+            **kwargs: timm SwinTransformer arguments.
+        """
+        if attn_pos not in ATTN_POS:
+            raise ValueError(f'Unknown attn_pos {attn_pos!r}; allowed: {ATTN_POS}')
+        rope_args = dict(rope_theta=rope_theta, rope_fraction=rope_fraction, rope_scaling=rope_scaling,
+                         rope_train_img_size=rope_train_img_size)
+        if attn_pos not in ROPE_THETA and any(v is not None for v in rope_args.values()):
+            given = sorted(k for k, v in rope_args.items() if v is not None)
+            raise TypeError(f'{given} only apply to RoPE models, not attn_pos={attn_pos!r}')
+        img_size = to_2tuple(img_size)
+        patch_size = kwargs.get('patch_size', 4)
+        num_stages = len(kwargs.get('depths', (2, 2, 6, 2)))
+        always_partition = kwargs.get('always_partition', False)
+        windows = self._windows(img_size, patch_size, num_stages, window_size)
+        stage_windows(img_size, patch_size, windows, always_partition)
+        train_windows = None
+        if rope_train_img_size is not None:
+            train_size = to_2tuple(rope_train_img_size)
+            train_windows = stage_windows(
+                train_size, patch_size, self._windows(train_size, patch_size, num_stages, window_size),
+                always_partition)
+        # timm initialises its weights at the end of __init__; do that once the attention is ours
+        weight_init = kwargs.pop('weight_init', '')
+        super().__init__(img_size=img_size, window_size=windows, weight_init='skip', **kwargs)
+        self.attn_pos = attn_pos
+
+        for stage_index, stage in enumerate(self.layers):
+            for block in stage.blocks:
+                timm_attn = block.attn
+                if timm_attn.qkv.out_features != 3 * timm_attn.dim:
+                    raise ValueError('head_dim must be dim // num_heads for position-encoding Swin models')
+                weight = timm_attn.qkv.weight
+                attn = SwinWindowAttention(
+                    timm_attn.dim, timm_attn.num_heads, block.window_size,
+                    qkv_bias=timm_attn.qkv.bias is not None, attn_drop=timm_attn.attn_drop.p,
+                    proj_drop=timm_attn.proj_drop.p, rpb=attn_pos == 'rpb', device=weight.device, dtype=weight.dtype)
+                train_grid = train_windows[stage_index] if train_windows else block.window_size
+                pos_enc = self._position_encoding(attn, train_grid, rope_theta, rope_fraction, rope_scaling)
+                attn.set_position_encoding(pos_enc.to(weight.device) if pos_enc is not None else None)
+                block.attn = attn
+
+        self.weight_init_mode = 'reset' if weight_init == 'skip' else weight_init
+        if weight_init != 'skip':
+            self.init_weights(needs_reset=False)
+        if self.dynamic_img_size:
+            self.patch_embed.register_forward_pre_hook(self._check_dynamic_input)
+
+    @staticmethod
+    def _windows(img_size: Size, patch_size, num_stages: int, window_size) -> Tuple[Size, ...]:
+        """Per-stage windows asked for: ``window_size`` if given, else the last stage's grid (image size / 32)."""
+        if window_size is None:
+            patch_size = to_2tuple(patch_size)
+            reduction = 2 ** (num_stages - 1)
+            window_size = (max(1, img_size[0] // (patch_size[0] * reduction)),
+                           max(1, img_size[1] // (patch_size[1] * reduction)))
+        return timm_swin.resolve_stage_window_sizes(window_size, num_stages)
+
+    def _position_encoding(self, attn: SwinWindowAttention, train_grid: Size, rope_theta, rope_fraction,
+                           rope_scaling) -> Optional[nn.Module]:
+        """The encoding of one window attention; None for RPB, whose table the attention owns."""
+        theta = rope_theta or ROPE_THETA.get(self.attn_pos)
+        if self.attn_pos == 'rope_axial':
+            return RopeAxial(attn.head_dim, theta, rope_fraction or 1., rope_scaling or 'none', train_grid)
+        if self.attn_pos == 'rope_mixed':
+            return RopeMixed(attn.head_dim, attn.num_heads, theta, rope_fraction or 1., rope_scaling or 'none',
+                             train_grid)
+        if self.attn_pos == 'alibi2d':
+            return Alibi2d(attn.num_heads)
+        return None
+
+    def _check_dynamic_input(self, patch_embed: nn.Module, args) -> None:
+        """With dynamic_img_size the windows stay those of img_size; an input whose stage grids they do not
+        tile would be padded by timm (padding tokens then join attention), so it is refused. A hook on the
+        patch embedding covers every path in (forward, forward_intermediates, features_only)."""
+        height, width = args[0].shape[-2:]
+        windows = [stage.blocks[0].window_size for stage in self.layers]
+        try:
+            stage_windows((height, width), patch_embed.patch_size, windows, always_partition=True)
+        except ValueError as e:
+            raise ValueError(f'{e}. With dynamic_img_size=True the windows stay {windows}; '
+                             f'set_input_size() adapts them to another size') from None
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        """timm's set (RPB tables) plus RoPE-Mixed frequencies."""
+        names = set(super().no_weight_decay())
+        names.update(n for n, _ in self.named_parameters() if '.pos_enc.' in n)
+        return names
+
+    def set_input_size(
+            self,
+            img_size: Optional[Union[int, Size]] = None,
+            patch_size: Optional[Union[int, Size]] = None,
+            window_size=None,
+            window_ratio=None,
+            always_partition: Optional[bool] = None,
+    ) -> None:
+        """timm's resize (windows scale with the grid unless ``window_size`` or ``window_ratio`` is given),
+        checked first so that a size the windows do not tile raises before anything changes. RPB tables
+        are resampled as timm does; rotary and ALiBi encodings need nothing."""
+        new_img = to_2tuple(img_size) if img_size is not None else self.patch_embed.img_size
+        new_patch = to_2tuple(patch_size) if patch_size is not None else self.patch_embed.patch_size
+        sizes, ratios = timm_swin.resolve_window_args(window_size, window_ratio, len(self.layers))
+        grid = (new_img[0] // new_patch[0], new_img[1] // new_patch[1])
+        windows = timm_swin.calc_stage_window_sizes(
+            grid, self._ref_window_sizes, self._ref_grid_size, window_size=sizes, window_ratio=ratios)
+        if always_partition is None:
+            always_partition = self.layers[0].blocks[0].always_partition
+        stage_windows(new_img, new_patch, windows, always_partition)
+        super().set_input_size(img_size=img_size, patch_size=patch_size, window_size=window_size,
+                               window_ratio=window_ratio, always_partition=always_partition)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ):
+        """timm's, plus ``output_fmt='NHWC'``, the stages' own layout."""
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        out = super().forward_intermediates(x, indices, norm=norm, stop_early=stop_early, output_fmt='NCHW',
+                                            intermediates_only=intermediates_only)
+        if output_fmt == 'NCHW':
+            return out
+        if intermediates_only:
+            return [y.permute(0, 2, 3, 1) for y in out]
+        return out[0], [y.permute(0, 2, 3, 1) for y in out[1]]
+
+
+def checkpoint_filter_fn(state_dict, model: PeSwinTransformer):
+    """timm's Swin filter: drops the rebuilt buffers (relative_position_index, attn_mask), resamples RPB
+    tables to the model's windows (from square ones, as timm) and the patch embedding, and maps Microsoft's
+    original layout. RPB tables offered to a model without RPB are refused rather than dropped."""
+    state_dict = state_dict.get('model', state_dict)
+    state_dict = state_dict.get('state_dict', state_dict)
+    if model.attn_pos != 'rpb':
+        tables = [k for k in state_dict if k.endswith('relative_position_bias_table')]
+        if tables:
+            raise ValueError(f'The checkpoint has relative position bias tables ({tables[0]}, ...), which a '
+                             f'{model.attn_pos} Swin has no place for; load it into an rpb model')
+    return timm_swin.checkpoint_filter_fn(state_dict, model)
+
+
+def _cfg(**kwargs):
+    return {
+        'url': '',
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': (7, 7),
+        'crop_pct': .9,
+        'interpolation': 'bicubic',
+        'fixed_input_size': False,
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj',
+        'classifier': 'head.fc',
+        'license': 'apache-2.0',
+        **kwargs,
+    }
+
+
+# timm's swin_{tiny,small,base}_patch4_window7_224 geometry; the window follows the image size (7 at 224)
+SIZES = {
+    'tiny': dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    'small': dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    'base': dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+}
+ENCODINGS = ATTN_POS
+
+default_cfgs = generate_default_cfgs({f'swin_{size}_{enc}': _cfg() for size in SIZES for enc in ENCODINGS})
+
+
+def _create_swin(variant: str, pretrained: bool = False, **kwargs) -> PeSwinTransformer:
+    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 6, 2))))))
+    return build_model_with_cfg(
+        PeSwinTransformer, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        **kwargs,
+    )
+
+
+def _model_args(size: str, encoding: str) -> dict:
+    return dict(patch_size=4, attn_pos=encoding, **SIZES[size])
+
+
+def _make_entrypoint(size: str, encoding: str):
+    name = f'swin_{size}_{encoding}'
+
+    def entrypoint(pretrained: bool = False, **kwargs) -> PeSwinTransformer:
+        return _create_swin(name, pretrained=pretrained, **dict(_model_args(size, encoding), **kwargs))
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__doc__ = f'Swin-{size[0].upper()}, window = image size / 32, position encoding: {encoding}.'
+    return register_model(entrypoint)
+
+
+for _size in SIZES:
+    for _encoding in ENCODINGS:
+        _make_entrypoint(_size, _encoding)
+
+
+@register_model
+def swin_rope(pretrained: bool = False, **kwargs) -> PeSwinTransformer:
+    """Short name for swin_tiny_rope_mixed (same architecture, config and weights)."""
+    return _create_swin('swin_tiny_rope_mixed', pretrained=pretrained,
+                        **dict(_model_args('tiny', 'rope_mixed'), **kwargs))

@@ -1,0 +1,186 @@
+"""The Triton RoPE kernel against ``rope_qkv_reference``, run by Triton's interpreter on CPU (or on CUDA).
+
+Why this file may rerun itself in a child process: Triton picks interpreter or compiler when
+``@triton.jit`` decorates a kernel, i.e. when ``timm_pe.ops.rope_triton`` is first imported, from
+``TRITON_INTERPRET`` at that moment (importing triton itself, which ``import timm`` does, is harmless).
+In a shared pytest process another module may import the kernels first, compiled, and compiled
+kernels cannot take CPU tensors; setting the variable here at collection would instead switch every
+module collected after this one to the interpreter. So unless this process already has interpreted
+kernels (``TRITON_INTERPRET=1 python -m pytest tests/ops/test_rope_triton.py``) or a GPU, the kernel
+tests skip and ``test_kernels_in_child_interpreter`` reruns this file in a fresh ``python -m pytest``
+with ``TRITON_INTERPRET=1``, failing with the child's report if any test there fails or skips.
+
+Tolerances: float32 to 1e-6 (bit-exact in the interpreter; FMA contraction on GPU), float16 and
+bfloat16 to one ulp of the reference (the interpreter truncates to bfloat16 where torch rounds), table
+gradients to torch's float32 defaults (float32 sums over batch, heads, q and k in another order).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import timm_pe
+from timm_pe.ops import apply_rope
+from timm_pe.ops.rope_torch import rope_qkv_reference
+
+
+def _kernels_interpreted() -> bool:
+    if os.environ.get('TRITON_INTERPRET') != '1':
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+    from timm_pe.ops import rope_triton
+    return isinstance(rope_triton._rope_fwd_kernel, InterpretedFunction)
+
+
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+KERNELS_HERE = _kernels_interpreted() or DEVICE == 'cuda'
+kernel_test = pytest.mark.skipif(not KERNELS_HERE, reason='runs in test_kernels_in_child_interpreter')
+
+# (B, N, heads, head_dim, rot_dim // 2, table heads T, prefix tokens, qkv layout, tables learn)
+CASES = {
+    'vit_cls': (2, 17, 3, 64, 32, 1, 1, 'contiguous', True),
+    'mixed_48_slice': (2, 10, 2, 48, 24, 2, 0, 'slice', True),
+    'partial_72_registers': (1, 21, 2, 72, 18, 1, 5, 'batch_major', False),
+    'partial_80_strided_dim': (2, 13, 2, 80, 20, 2, 1, 'strided_dim', True),
+    'full_96_mixed': (1, 37, 2, 96, 48, 2, 1, 'contiguous', False),
+    'odd_rot_half': (2, 9, 3, 20, 5, 3, 5, 'slice', True),
+}
+
+
+def make_qkv(B, N, H, D, layout, dtype):
+    """A (B, N, 3, H, D) view with the strides of the given layout, requiring grad through its base."""
+    if layout == 'slice':  # the qkv columns of a wider fused projection
+        base = torch.randn(B, N, 3 * H * D + 8, device=DEVICE).to(dtype).requires_grad_()
+        return base, base[..., 8:].view(B, N, 3, H, D)
+    if layout == 'batch_major':  # tokens outermost, e.g. a sequence-first linear output
+        base = torch.randn(N, B, 3, H, D, device=DEVICE).to(dtype).requires_grad_()
+        return base, base.transpose(0, 1)
+    if layout == 'strided_dim':  # head_dim is not the unit-stride dimension
+        base = torch.randn(B, N, 3, D, H, device=DEVICE).to(dtype).requires_grad_()
+        return base, base.transpose(-1, -2)
+    base = torch.randn(B, N, 3, H, D, device=DEVICE).to(dtype).requires_grad_()
+    return base, base
+
+
+def make_tables(T, R, half, requires_grad):
+    angles = torch.randn(T, R, half, device=DEVICE) * 3
+    return angles.cos().requires_grad_(requires_grad), angles.sin().requires_grad_(requires_grad)
+
+
+def assert_matches(actual, expected):
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    if actual.dtype == torch.float32:
+        torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
+        return
+    info = torch.finfo(actual.dtype)
+    _, exponent = torch.frexp(expected.float().abs().clamp_min(info.tiny))
+    ulp = torch.ldexp(torch.full_like(expected, info.eps, dtype=torch.float32), exponent - 1)
+    excess = (actual.float() - expected.float()).abs() - ulp
+    assert excess.max() <= 0, f'{(excess > 0).sum()} elements more than one ulp away'
+
+
+def rope_and_grads(fn, base, qkv, cos, sin, prefix, grads):
+    q, k, v = fn(qkv, cos, sin, prefix)
+    inputs = [base] + [t for t in (cos, sin) if t.requires_grad]
+    return (q, k, v), torch.autograd.grad((q, k, v), inputs, grads)
+
+
+@kernel_test
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize('case', CASES.values(), ids=CASES.keys())
+def test_matches_reference(case, dtype):
+    from timm_pe.ops.rope_triton import rope_qkv_triton
+    torch.manual_seed(0)
+    B, N, H, D, half, T, prefix, layout, tables_learn = case
+    base, qkv = make_qkv(B, N, H, D, layout, dtype)
+    cos, sin = make_tables(T, N - prefix, half, tables_learn)
+    grads = [torch.randn(B, H, N, D, device=DEVICE).to(dtype) for _ in range(3)]
+    (q, k, v), dinputs = rope_and_grads(rope_qkv_triton, base, qkv, cos, sin, prefix, grads)
+    (rq, rk, rv), rdinputs = rope_and_grads(rope_qkv_reference, base, qkv, cos, sin, prefix, grads)
+
+    assert_matches(q, rq)
+    assert_matches(k, rk)
+    assert q.is_contiguous() and k.is_contiguous() and q.data_ptr() + q.numel() * q.element_size() == k.data_ptr()
+    assert v.data_ptr() == rv.data_ptr() and v.stride() == rv.stride()
+    assert_matches(dinputs[0], rdinputs[0])
+    for table_grad, ref_table_grad in zip(dinputs[1:], rdinputs[1:]):
+        torch.testing.assert_close(table_grad, ref_table_grad)
+
+
+@kernel_test
+@pytest.mark.parametrize('via_env', [False, True])
+def test_apply_rope_dispatches_to_triton(monkeypatch, via_env):
+    from timm_pe.ops import rope_triton
+    calls, kernel = [], rope_triton.rope_qkv_triton
+
+    def spy(*args):
+        calls.append(args)
+        return kernel(*args)
+
+    monkeypatch.setattr(rope_triton, 'rope_qkv_triton', spy)
+    if via_env:
+        monkeypatch.setenv('TIMM_PE_ROPE_BACKEND', 'triton')
+    _, qkv = make_qkv(2, 9, 2, 16, 'contiguous', torch.float32)
+    cos, sin = make_tables(1, 8, 8, False)
+    out = apply_rope(qkv, cos, sin, 1, backend=None if via_env else 'triton')
+    assert len(calls) == 1
+    for a, b in zip(out, rope_qkv_reference(qkv, cos, sin, 1)):
+        assert_matches(a, b)
+
+
+@kernel_test
+@pytest.mark.parametrize('tables_learn', [False, True])
+def test_opcheck(tables_learn):
+    """Schema, fake (meta) kernel, autograd registration and AOT dispatch with dynamic shapes."""
+    from timm_pe.ops import rope_triton  # noqa: F401  registers the op
+    _, qkv = make_qkv(2, 11, 2, 24, 'slice', torch.float32)
+    cos, sin = make_tables(2, 10, 8, tables_learn)
+    torch.library.opcheck(torch.ops.timm_pe.rope_qkv.default, (qkv, cos, sin, 1))
+
+
+@kernel_test
+def test_compile_fullgraph_forward_and_backward():
+    """Dynamo traces apply_rope without a graph break; AOTAutograd uses the fake and backward ops.
+
+    backend='aot_eager' stops short of Inductor, whose C++ codegen only adds minutes here: the op is
+    an opaque extern call to it either way.
+    """
+    def attention(qkv, cos, sin):
+        q, k, v = apply_rope(qkv, cos, sin, 1, backend='triton')
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    torch.manual_seed(0)
+    base, qkv = make_qkv(2, 9, 2, 16, 'slice', torch.float32)
+    cos, sin = make_tables(2, 8, 6, True)
+    compiled = torch.compile(attention, fullgraph=True, backend='aot_eager')
+    results = []
+    for fn in (compiled, attention):
+        out = fn(qkv, cos, sin)
+        results.append((out,) + torch.autograd.grad(out.square().sum(), (base, cos, sin)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@kernel_test
+def test_fx_symbolic_trace_keeps_one_op_node():
+    from timm_pe.ops.rope_triton import rope_qkv_triton
+    traced = torch.fx.symbolic_trace(lambda qkv, cos, sin: rope_qkv_triton(qkv, cos, sin, 1))
+    targets = [node.target for node in traced.graph.nodes if node.op == 'call_function']
+    assert targets.count(torch.ops.timm_pe.rope_qkv) == 1
+    _, qkv = make_qkv(1, 5, 2, 8, 'contiguous', torch.float32)
+    cos, sin = make_tables(1, 4, 4, False)
+    for a, b in zip(traced(qkv, cos, sin), rope_qkv_reference(qkv, cos, sin, 1)):
+        assert_matches(a, b)
+
+
+@pytest.mark.skipif(KERNELS_HERE, reason='the kernel tests run in this process')
+def test_kernels_in_child_interpreter():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(timm_pe.__file__)))
+    child = subprocess.run(
+        [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', os.path.abspath(__file__),
+         '-k', 'not test_kernels_in_child_interpreter'],
+        cwd=root, env={**os.environ, 'TRITON_INTERPRET': '1'}, capture_output=True, text=True)
+    summary = child.stdout.strip().splitlines()[-1] if child.stdout.strip() else ''
+    assert child.returncode == 0 and 'skipped' not in summary, child.stdout[-20000:] + child.stderr[-5000:]

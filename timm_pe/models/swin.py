@@ -22,6 +22,7 @@ from torch import nn
 from ..attention import PositionalAttention
 from ..encodings import Alibi2d, RopeAxial, RopeMixed
 from ..encodings.rpb import cached_relative_position_index
+from ._pretrained import SWIN_IN1K, pretrained_cfgs
 
 __all__ = ['PeSwinTransformer', 'SwinWindowAttention', 'checkpoint_filter_fn', 'stage_windows']
 
@@ -327,7 +328,11 @@ SIZES = {
 }
 ENCODINGS = ATTN_POS
 
-default_cfgs = generate_default_cfgs({f'swin_{size}_{enc}': _cfg() for size in SIZES for enc in ENCODINGS})
+default_cfgs = generate_default_cfgs({
+    name: cfg
+    for size in SIZES for enc in ENCODINGS
+    for name, cfg in pretrained_cfgs(f'swin_{size}_{enc}', _cfg(), in1k=SWIN_IN1K.get(f'swin_{size}_{enc}')).items()
+})
 
 
 def _create_swin(variant: str, pretrained: bool = False, **kwargs) -> PeSwinTransformer:

@@ -9,12 +9,14 @@ Other resolutions follow rope-vit: by default the window is image size / 32 (7 a
 ``set_input_size`` scales the windows with the grid (timm); ``window_size=`` fixes them instead. Image sizes
 must split into whole windows at every stage: timm would pad instead, letting padding tokens into attention.
 """
+import math
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resize_rel_pos_bias_table, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models._input import update_model_args
 from timm.models import swin_transformer as timm_swin
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
@@ -231,11 +233,13 @@ class PeSwinTransformer(SwinTransformer):
         patch embedding covers every path in (forward, forward_intermediates, features_only)."""
         height, width = args[0].shape[-2:]
         windows = [stage.blocks[0].window_size for stage in self.layers]
-        try:
-            stage_windows((height, width), patch_embed.patch_size, windows, always_partition=True)
-        except ValueError as e:
-            raise ValueError(f'{e}. With dynamic_img_size=True the windows stay {windows}; '
-                             f'set_input_size() adapts them to another size') from None
+        multiple = [math.lcm(*(patch * 2 ** index * window[axis] for index, window in enumerate(windows)))
+                    for axis, patch in enumerate(patch_embed.patch_size)]
+        if height % multiple[0] or width % multiple[1]:
+            raise ValueError(
+                f'Input size {height}x{width}: with dynamic_img_size=True the windows stay {windows}, which tile '
+                f'only sizes that are multiples of {multiple[0]}x{multiple[1]}; set_input_size() adapts the '
+                f'windows to another size')
 
     @torch.jit.ignore
     def no_weight_decay(self):
@@ -336,13 +340,22 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_swin(variant: str, pretrained: bool = False, **kwargs) -> PeSwinTransformer:
+    is_rope = kwargs.get('attn_pos') in ROPE_THETA
+    if is_rope and pretrained and kwargs.get('rope_train_img_size') is None:
+        # the checkpoint's windows are the training grids rope_scaling needs when img_size differs
+        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+        kwargs['rope_train_img_size'] = tuple(cfg.input_size[-2:])
     out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 6, 2))))))
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         PeSwinTransformer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         **kwargs,
     )
+    if is_rope and kwargs.get('rope_train_img_size') is not None:
+        # recorded so that an export rebuilds the same training windows at any img_size
+        update_model_args(model, rope_train_img_size=to_2tuple(kwargs['rope_train_img_size']))
+    return model
 
 
 def _model_args(size: str, encoding: str) -> dict:

@@ -49,10 +49,10 @@ def stage_windows(
     num_stages = len(windows)
     multiple = (patch_size[0] * 2 ** (num_stages - 1), patch_size[1] * 2 ** (num_stages - 1))
     if img_size[0] % multiple[0] or img_size[1] % multiple[1]:
+        nearest = [max(m, s // m * m) for s, m in zip(img_size, multiple)]
         raise ValueError(
             f'Image size {img_size[0]}x{img_size[1]} is not a multiple of {multiple[0]}x{multiple[1]} (patch size '
-            f'times the {2 ** (num_stages - 1)}x downsampling of the last stage); use e.g. '
-            f'{img_size[0] // multiple[0] * multiple[0] or multiple[0]}x{img_size[1] // multiple[1] * multiple[1] or multiple[1]}')
+            f'times the {2 ** (num_stages - 1)}x downsampling of the last stage); use e.g. {nearest[0]}x{nearest[1]}')
     out = []
     for index, window in enumerate(windows):
         grid = (img_size[0] // (patch_size[0] * 2 ** index), img_size[1] // (patch_size[1] * 2 ** index))
@@ -60,8 +60,8 @@ def stage_windows(
         if grid[0] % window[0] or grid[1] % window[1]:
             raise ValueError(
                 f'At image size {img_size[0]}x{img_size[1]} stage {index} has a {grid[0]}x{grid[1]} grid, which '
-                f'{window[0]}x{window[1]} windows do not tile; use a window that divides every stage grid (the default, '
-                f'image size / {multiple[0]}, does) or another image size')
+                f'{window[0]}x{window[1]} windows do not tile; use a window that divides every stage grid (the '
+                f'default, image size / {multiple[0]}, does) or another image size')
         out.append(window)
     return tuple(out)
 
@@ -341,8 +341,9 @@ default_cfgs = generate_default_cfgs({
 
 def _create_swin(variant: str, pretrained: bool = False, **kwargs) -> PeSwinTransformer:
     is_rope = kwargs.get('attn_pos') in ROPE_THETA
-    if is_rope and pretrained and kwargs.get('rope_train_img_size') is None:
-        # the checkpoint's windows are the training grids rope_scaling needs when img_size differs
+    if is_rope and pretrained and kwargs.get('rope_train_img_size') is None and kwargs.get('window_size') is None:
+        # the checkpoint's windows (image size / 32 at its input size) are the training grids rope_scaling
+        # needs when img_size differs; a fixed window_size is taken to be the trained one
         cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
         kwargs['rope_train_img_size'] = tuple(cfg.input_size[-2:])
     out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 6, 2))))))

@@ -59,7 +59,13 @@ class RopeMixed(nn.Module):
         self.theta = theta
         self.rope_scaling = check_rope_scaling(rope_scaling)
         self.train_grid = tuple(train_grid) if train_grid is not None else None
-        self.freqs = nn.Parameter(init_mixed_frequencies(num_heads, self.rot_dim, theta))
+        self.num_heads = num_heads
+        self.freqs = nn.Parameter(torch.empty(2, num_heads, self.rot_dim // 2))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.freqs.copy_(init_mixed_frequencies(self.num_heads, self.rot_dim, self.theta))
 
     def tables(self, grid: Grid, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin), each (heads, H*W, rot_dim/2) float32, differentiable in ``freqs``."""

@@ -293,7 +293,7 @@ def _cfg(**kwargs):
         'pool_size': None,
         'crop_pct': .9,
         'interpolation': 'bicubic',
-        'fixed_input_size': False,
+        'fixed_input_size': True,  # strict patch embedding: timm's scripts pass --img-size to the model
         'mean': IMAGENET_DEFAULT_MEAN,
         'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj',

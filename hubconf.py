@@ -5,8 +5,7 @@ dependencies = ['torch', 'timm', 'huggingface_hub', 'safetensors']
 
 import timm as _timm
 
-import timm_pe as _timm_pe  # noqa: F401  registers the models in timm
-from timm_pe.hub import registered_models as _registered_models
+from timm_pe.hub import registered_models as _registered_models  # importing timm_pe registers its models
 
 
 def _hub_entrypoint(name: str):

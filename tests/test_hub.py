@@ -13,13 +13,14 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-from timm.models import get_pretrained_cfg
+from timm.models import generate_default_cfgs, get_pretrained_cfg
 from timm.models._input import get_model_args
 
 import timm_pe.hub
 from timm_pe.cli import main as cli_main
 from timm_pe.hub import export, push, registered_models
-from timm_pe.models._pretrained import HUB_ORG, imagenet100_wnids
+from timm_pe.models import _pretrained
+from timm_pe.models._pretrained import HUB_ORG, VIT_IN1K, imagenet100_wnids, pretrained_cfgs
 
 REPO = Path(__file__).resolve().parent.parent
 REVISION = '0123456789abcdef0123456789abcdef01234567'
@@ -169,6 +170,16 @@ def test_tags_default_to_published_weights_and_load_safetensors_only():
                         'vit_small_ape': 'fb_in1k', 'swin_base_rpb': 'ms_in1k', 'vit_small_alibi2d': None}
     with pytest.raises(RuntimeError, match='No pretrained weights'):  # .in100 not uploaded: never the default
         timm.create_model('vit_small_alibi2d', pretrained=True, depth=1)
+
+
+def test_uploaded_in100_weights_become_the_default_only_without_in1k_weights(monkeypatch):
+    monkeypatch.setattr(_pretrained, 'IN100_UPLOADED', frozenset({'uploaded', 'converted'}))
+    cfgs = generate_default_cfgs({
+        **pretrained_cfgs('uploaded', {}, in100=True),
+        **pretrained_cfgs('pending', {}, in100=True),
+        **pretrained_cfgs('converted', {}, in1k=VIT_IN1K['vit_small_rope_mixed'], in100=True),
+    })
+    assert {arch: cfg.tags[0] for arch, cfg in cfgs.items()} == dict(uploaded='in100', pending='', converted='naver_in1k')
 
 
 class RecordingHubApi:

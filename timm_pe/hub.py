@@ -203,7 +203,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--checkpoint', type=Path,
                         help='weights to export (.safetensors, or a train.py checkpoint); default: the tag\'s weights')
     parser.add_argument('--num-classes', type=int, help='classes of the checkpoint, where not those of the tag')
-    parser.add_argument('--img-size', type=int, help='image size to record (default: the checkpoint\'s)')
+    parser.add_argument('--img-size', type=int, help='build at this size; the loader resamples APE and RPB tables')
     parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
                         help='architecture overrides used for the checkpoint, e.g. depth=6')
     parser.add_argument('--metrics', type=Path, help='results CSV (img_size, top1[, model]) for the card\'s table')
@@ -247,6 +247,7 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--commit-message', default='Add timm-pe weights')
 
 
-def run_push(args, api: Optional[HfApi] = None) -> None:
-    info = push(args.folder, args.repo_id, api, args.private, args.revision, args.create_pr, args.commit_message)
+def run_push(args) -> None:
+    info = push(args.folder, args.repo_id, private=args.private, revision=args.revision, create_pr=args.create_pr,
+                commit_message=args.commit_message)
     print(f'Uploaded {args.folder} to {getattr(info, "commit_url", args.repo_id)}')

@@ -56,7 +56,7 @@ def is_rope_model(model: nn.Module) -> bool:
     return any(getattr(getattr(m, 'pos_enc', None), 'is_rotary', False) for m in model.modules())
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: grid tables cached here may be reused by a later training step
 def evaluate(
         models: Mapping[str, nn.Module],
         batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
@@ -117,14 +117,26 @@ def accuracy_table(rows: Sequence[Mapping[str, object]], metric: str = 'top1', m
                      for x in [header] + lines)
 
 
-def plot_accuracy(rows: Sequence[Mapping[str, object]], path: Path, title: str, metric: str = 'top1',
-                  train_size: Optional[int] = None) -> None:
-    """One line per model of ``metric`` against resolution. A model named ``base+hook`` shares the
-    colour of ``base`` and gets a dashed (interp) or dotted (other hooks) line."""
-    import matplotlib
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or None (with a note) where matplotlib is not installed:
+    plots are an extra (``pip install timm-pe[study]``), the CSVs are not."""
+    try:
+        import matplotlib
+    except ImportError:
+        print('matplotlib is not installed: no plot written (pip install "timm-pe[study]")')
+        return None
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    return plt
 
+
+def plot_accuracy(rows: Sequence[Mapping[str, object]], path: Path, title: str, metric: str = 'top1',
+                  train_size: Optional[int] = None) -> bool:
+    """One line per model of ``metric`` against resolution. A model named ``base+hook`` shares the
+    colour of ``base`` and gets a dashed (interp) or dotted (other hooks) line. False if not plotted."""
+    plt = pyplot()
+    if plt is None:
+        return False
     models = list(dict.fromkeys(r['model'] for r in rows))
     bases = list(dict.fromkeys(m.split('+')[0] for m in models))
     colours = plt.get_cmap('tab10' if len(bases) <= 10 else 'tab20')
@@ -145,6 +157,7 @@ def plot_accuracy(rows: Sequence[Mapping[str, object]], path: Path, title: str, 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 def checkpoint_model_args(checkpoint: Path) -> Dict[str, object]:
@@ -256,6 +269,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     rows.sort(key=lambda r: (order[r['model']], r['img_size']))
     print(accuracy_table(rows, 'top1'))
     write_csv(rows, args.output_dir / 'results.csv')
-    plot_accuracy(rows, args.output_dir / 'top1_vs_resolution.png', title=f'top-1 vs resolution on {args.data_dir}')
-    print(f'wrote {args.output_dir / "results.csv"} and {args.output_dir / "top1_vs_resolution.png"}')
+    print(f'wrote {args.output_dir / "results.csv"}')
+    if plot_accuracy(rows, args.output_dir / 'top1_vs_resolution.png', title=f'top-1 vs resolution on {args.data_dir}'):
+        print(f'wrote {args.output_dir / "top1_vs_resolution.png"}')
     return 0

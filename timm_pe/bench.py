@@ -1,0 +1,249 @@
+"""``timm-pe bench``: inference (and ``--train`` training-step) throughput, latency and peak memory of
+models over resolutions, with each model's ratio to the APE model of the same size.
+
+The CSV follows timm's ``benchmark.py`` (``infer_samples_per_sec``, ``infer_step_time`` in ms,
+``infer_batch_size``, ``infer_img_size``, ``param_count`` in millions, and ``train_*`` alike), plus
+``*_tokens``, ``*_peak_mem_mb`` and ``*_samples_per_sec_vs_ape``. Step time is the median over the
+timed steps, which a busy shared CPU disturbs less than the mean. Each model is built at each size
+(``img_size``), the way it would be deployed there, so APE and RPB are resampled once, not per step.
+
+Peak memory: on CUDA the allocator's peak; on CPU the peak rise of the process's resident memory
+during one step, sampled by a thread, with glibc told to give every large block back to the system
+(``mallopt``) for that step so that freed activations do not hide the next ones.
+"""
+import argparse
+import ctypes
+import os
+import re
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .sweep import param_count_millions, parse_model_kwargs, parse_sizes, pyplot, write_csv
+
+DEFAULT_MODELS = ['vit_tiny_ape', 'vit_tiny_nope', 'vit_tiny_rope_axial', 'vit_tiny_rope_mixed', 'vit_tiny_alibi2d',
+                  'vit_tiny_rpb']
+SIZE_PATTERN = re.compile(r'^(?P<family>[a-z0-9]+)_(?P<size>tiny|small|base|large)_')
+
+
+def ape_baseline(model_name: str) -> Optional[str]:
+    """``vit_small_rope_mixed`` -> ``vit_small_ape``: the same family and size with learned APE, if registered."""
+    import timm
+    match = SIZE_PATTERN.match(model_name)
+    name = f'{match["family"]}_{match["size"]}_ape' if match else None
+    return name if name and timm.is_model(name) else None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def median_step_ms(step: Callable[[], None], warmup: int, iters: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def _resident_bytes() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def _set_malloc_release(enabled: bool) -> None:
+    """Large blocks mmap'd and unmapped on free (enabled), or back to where glibc's dynamic thresholds
+    settle once big tensors have been freed (32 MB mmap, 64 MB trim), so later timings are unaffected."""
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 64 * 1024 if enabled else 32 * 2 ** 20)
+    libc.mallopt(m_trim_threshold, 128 * 1024 if enabled else 64 * 2 ** 20)
+
+
+def peak_memory_mb(step: Callable[[], None], device: torch.device) -> Optional[float]:
+    """Peak memory one ``step`` adds on top of what is allocated before it (None where unmeasurable)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    if not os.path.exists('/proc/self/statm'):
+        return None
+    _set_malloc_release(True)
+    try:
+        step()  # first step under the new malloc settings releases what the timed steps kept
+        base = _resident_bytes()
+        peak = [base]
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], _resident_bytes())
+                time.sleep(2e-4)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            step()
+        finally:
+            done.set()
+            sampler.join()
+        return max(0., peak[0] - base) / 2 ** 20
+    finally:
+        _set_malloc_release(False)
+
+
+def num_tokens(model: nn.Module) -> Optional[int]:
+    patch_embed = getattr(model, 'patch_embed', None)
+    if patch_embed is None or not hasattr(patch_embed, 'num_patches'):
+        return None
+    return patch_embed.num_patches + getattr(model, 'num_prefix_tokens', 0)
+
+
+def bench_one(model: nn.Module, img_size: int, batch_size: int, device: torch.device, warmup: int, iters: int,
+              train: bool) -> Dict[str, object]:
+    """timm benchmark.py-style columns for one model at one size: inference, then the training step."""
+    images = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    row = dict(infer_img_size=img_size, infer_batch_size=batch_size, infer_tokens=num_tokens(model))
+    model.eval()
+
+    @torch.no_grad()
+    def infer_step():
+        model(images)
+
+    step_ms = median_step_ms(infer_step, warmup, iters, device)
+    row.update(infer_samples_per_sec=round(1e3 * batch_size / step_ms, 2), infer_step_time=round(step_ms, 3),
+               infer_peak_mem_mb=_round(peak_memory_mb(infer_step, device)))
+    if train:
+        model.train()
+        targets = torch.randint(0, model.num_classes, (batch_size,), device=device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-5)
+        loss_fn = nn.CrossEntropyLoss()
+
+        def train_step():
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(images), targets).backward()
+            optimizer.step()
+
+        step_ms = median_step_ms(train_step, warmup, iters, device)
+        row.update(train_img_size=img_size, train_batch_size=batch_size, train_tokens=row['infer_tokens'],
+                   train_samples_per_sec=round(1e3 * batch_size / step_ms, 2), train_step_time=round(step_ms, 3),
+                   train_peak_mem_mb=_round(peak_memory_mb(train_step, device)))
+    return row
+
+
+def _round(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value, 1)
+
+
+def add_ratios(rows: List[Dict[str, object]], baselines: Dict[str, Optional[str]]) -> None:
+    """``*_samples_per_sec_vs_ape``: throughput over the APE baseline's at the same size (1.0 = as fast)."""
+    by_key = {(r['model'], r['infer_img_size']): r for r in rows}
+    for row in rows:
+        base = by_key.get((baselines.get(row['model']), row['infer_img_size']))
+        for phase in ('infer', 'train'):
+            key = f'{phase}_samples_per_sec'
+            if key in row:
+                row[f'{key}_vs_ape'] = round(row[key] / base[key], 3) if base and key in base else None
+
+
+def plot_bench(rows: List[Dict[str, object]], path: Path, phase: str = 'infer') -> bool:
+    """Throughput and ratio to APE against the token count, one line per model. False if not plotted."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    models = list(dict.fromkeys(r['model'] for r in rows))
+    x_key = f'{phase}_tokens' if all(r.get(f'{phase}_tokens') for r in rows) else f'{phase}_img_size'
+    fig, (ax_speed, ax_ratio) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for model in models:
+        points = sorted((r[x_key], r[f'{phase}_samples_per_sec'], r.get(f'{phase}_samples_per_sec_vs_ape'))
+                        for r in rows if r['model'] == model)
+        ax_speed.plot([p[0] for p in points], [p[1] for p in points], marker='o', markersize=3, label=model)
+        if all(p[2] is not None for p in points):
+            ax_ratio.plot([p[0] for p in points], [p[2] for p in points], marker='o', markersize=3, label=model)
+    ax_speed.set_yscale('log')
+    ax_speed.set_ylabel(f'{phase} samples / s')
+    ax_ratio.axhline(1., color='grey', linewidth=0.8)
+    ax_ratio.set_ylabel('throughput / APE throughput')
+    for ax in (ax_speed, ax_ratio):
+        ax.set_xlabel('tokens' if x_key.endswith('tokens') else 'image size (px)')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f'{phase} throughput over token count')
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('models', nargs='*', default=DEFAULT_MODELS,
+                        help=f'registered model names (default: {" ".join(DEFAULT_MODELS)})')
+    parser.add_argument('--sizes', type=parse_sizes, default=parse_sizes('64:384:64'),
+                        help='image sizes, start:stop:step or a,b,c (default 64:384:64: 16 to 576 patches at /16)')
+    parser.add_argument('--model-kwargs', nargs='*', metavar='KEY=VALUE', default=['depth=4'],
+                        help='applied to every model (default: depth=4)')
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--train', action='store_true', help='also time a training step (SGD, cross-entropy)')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed steps before timing')
+    parser.add_argument('--iters', type=int, default=5, help='timed steps (median reported)')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--threads', type=int, default=2, help='torch threads on CPU')
+    parser.add_argument('--output-dir', type=Path, default=Path('out/bench'),
+                        help='where bench.csv and bench_infer.png (bench_train.png) go')
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import timm
+    import timm_pe  # noqa: F401  (registers the models)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model_kwargs = parse_model_kwargs(args.model_kwargs)
+    baselines = {name: ape_baseline(name) for name in args.models}
+    models = list(dict.fromkeys([b for b in baselines.values() if b] + list(args.models)))
+    rows = []
+    bar = tqdm([(m, s) for s in args.sizes for m in models], desc='bench', dynamic_ncols=True)
+    for name, size in bar:
+        bar.set_postfix_str(f'{name} @{size}px')
+        model = timm.create_model(name, img_size=size, **model_kwargs).to(device)
+        rows.append(dict(model=name, **bench_one(model, size, args.batch_size, device, args.warmup, args.iters,
+                                                 args.train), param_count=param_count_millions(model)))
+        del model
+    baselines.update({b: b for b in baselines.values() if b})
+    add_ratios(rows, baselines)
+    rows.sort(key=lambda r: (models.index(r['model']), r['infer_img_size']))
+    columns = list(dict.fromkeys(['model'] + [k for r in rows for k in r if k.startswith('infer')] +
+                                 ['param_count'] + [k for r in rows for k in r if k.startswith('train')]))
+    write_csv(rows, args.output_dir / 'bench.csv', columns)
+    for phase in ['infer', 'train'] if args.train else ['infer']:
+        if plot_bench(rows, args.output_dir / f'bench_{phase}.png', phase):
+            print(f'wrote {args.output_dir / f"bench_{phase}.png"}')
+    show = ['model', 'infer_img_size', 'infer_tokens', 'infer_samples_per_sec', 'infer_step_time',
+            'infer_peak_mem_mb', 'infer_samples_per_sec_vs_ape']
+    if args.train:
+        show += ['train_samples_per_sec', 'train_peak_mem_mb', 'train_samples_per_sec_vs_ape']
+    widths = {k: max(len(k), *(len(str(r.get(k))) for r in rows)) for k in show}
+    print('  '.join(k.rjust(widths[k]) for k in show))
+    for row in rows:
+        print('  '.join(str(row.get(k)).rjust(widths[k]) for k in show))
+    print(f'wrote {args.output_dir / "bench.csv"}')
+    return 0

@@ -199,16 +199,19 @@ class RecordingHubApi:
 
 
 def test_cli_export_with_checkpoint_and_metrics_then_push(tmp_path, monkeypatch):
-    model = timm.create_model('vit_tiny_ape', depth=1)
+    model = timm.create_model('vit_tiny_ape', depth=1, img_size=112, num_classes=10)  # as trained by train.py
     save_file(model.state_dict(), tmp_path / 'trained.safetensors')
     (tmp_path / 'results.csv').write_text('model,img_size,top1,top5\nvit_tiny_ape,288,57.14,80.1\n'
                                           'vit_tiny_ape,224,55.48,79.0\nvit_tiny_rpb,224,12.34,20.0\n')
     folder = tmp_path / 'export'
     cli_main(['export', 'vit_tiny_ape', str(folder), '--checkpoint', str(tmp_path / 'trained.safetensors'),
-              '--model-kwargs', 'depth=1', '--metrics', str(tmp_path / 'results.csv'),
-              '--metrics-model', 'vit_tiny_ape', '--repo-id', 'someone/tiny-ape'])
-    assert json.loads((folder / 'config.json').read_text())['model_args']['depth'] == 1
-    assert torch.equal(logits(timm.create_model('local-dir:' + str(folder), pretrained=True)), logits(model))
+              '--img-size', '112', '--num-classes', '10', '--model-kwargs', 'depth=1',
+              '--metrics', str(tmp_path / 'results.csv'), '--metrics-model', 'vit_tiny_ape',
+              '--repo-id', 'someone/tiny-ape'])
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['model_args']['depth'] == 1 and config['pretrained_cfg']['input_size'] == [3, 112, 112]
+    reloaded = timm.create_model('local-dir:' + str(folder), pretrained=True)
+    assert torch.equal(logits(reloaded, 112), logits(model, 112))
     card = (folder / 'README.md').read_text()
     assert '| 224 | 55.48 |\n| 288 | 57.14 |' in card and '12.34' not in card
     assert "```python\nimport timm_pe" in card and "create_model('hf-hub:someone/tiny-ape'" in card

@@ -14,6 +14,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import timm
 import torch
 from huggingface_hub import HfApi
+from timm.layers import to_2tuple
 from timm.models import model_entrypoint, save_for_hf, split_model_name_tag
 from timm.models._input import get_model_args
 from timm.utils import ParseKwargs
@@ -203,7 +204,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--checkpoint', type=Path,
                         help='weights to export (.safetensors, or a train.py checkpoint); default: the tag\'s weights')
     parser.add_argument('--num-classes', type=int, help='classes of the checkpoint, where not those of the tag')
-    parser.add_argument('--img-size', type=int, help='build at this size; the loader resamples APE and RPB tables')
+    parser.add_argument('--img-size', type=int, help='size to build at: with --checkpoint the size it was trained at, '
+                        'else the tag\'s weights are resampled to it')
     parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
                         help='architecture overrides used for the checkpoint, e.g. depth=6')
     parser.add_argument('--metrics', type=Path, help='results CSV (img_size, top1[, model]) for the card\'s table')
@@ -215,13 +217,20 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _create_for_export(args) -> torch.nn.Module:
-    kwargs = dict(args.model_kwargs, img_size=args.img_size, num_classes=args.num_classes)
+    kwargs = dict(args.model_kwargs)
+    if args.img_size is not None:
+        kwargs['img_size'] = args.img_size
+    if args.num_classes is not None:
+        kwargs['num_classes'] = args.num_classes
     if args.card_only:
         with torch.device('meta'):
             return timm.create_model(args.model, **kwargs)
     overlay = None
     if args.checkpoint is not None:
+        # a checkpoint is recorded as trained at the size it is exported at (RoPE's rope_train_img_size), with its head
         overlay = dict(file=str(args.checkpoint))
+        if 'img_size' in kwargs:
+            overlay['input_size'] = (kwargs.get('in_chans', 3), *to_2tuple(kwargs['img_size']))
         if args.num_classes is not None:
             overlay.update(num_classes=args.num_classes, label_names=None, label_descriptions=None)
     return timm.create_model(args.model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)

@@ -75,8 +75,8 @@ def test_resume_after_interrupt_and_caching(fake_imagenette, tmp_path, monkeypat
     def fail(*args, **kwargs):
         raise AssertionError('cached work was redone')
 
-    monkeypatch.setattr(study, 'create_study_model', fail)
-    monkeypatch.setattr(study, 'evaluate', fail)
+    for name in ('create_study_model', 'create_models', 'evaluate'):
+        monkeypatch.setattr(study, name, fail)
     assert main(study_args(fake_imagenette, interrupted)) == 0
     assert capsys.readouterr().out.count('done already') == 2
 

@@ -28,8 +28,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .sweep import (RESULTS_COLUMNS, accuracy_table, evaluate, param_count_millions, parse_model_kwargs,
-                    parse_sizes, plot_accuracy, result_row, write_csv)
+from .sweep import (RESULTS_COLUMNS, accuracy_table, create_models, evaluate, param_count_millions,
+                    parse_model_kwargs, parse_sizes, plot_accuracy, result_row, write_csv)
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'imagenette2-224'
 IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png')
@@ -248,54 +248,43 @@ def val_batches(val: ImageSet, size: int, batch_size: int):
         yield normalize(images), val.labels[start:start + batch_size]
 
 
-def load_trained(variant: str, work_dir: Path, rope_scaling: str) -> nn.Module:
-    """A trained variant rebuilt with ``dynamic_img_size`` (and a RoPE hook) for any test grid."""
-    from safetensors.torch import load_file
-    run_dir = work_dir / variant
-    model_kwargs = json.loads((run_dir / 'model_kwargs.json').read_text())['model_args']
-    extra = dict(dynamic_img_size=True)
-    if VARIANTS[variant][0].startswith('vit_tiny_rope'):
-        extra.update(rope_scaling=rope_scaling, rope_train_img_size=model_kwargs['img_size'])
-    model = create_study_model(variant, model_kwargs, **extra)
-    model.load_state_dict(load_file(str(run_dir / 'model.safetensors')))
-    return model.eval()
-
-
 def is_rope_variant(variant: str) -> bool:
     return 'rope' in VARIANTS[variant][0]
 
 
 def sweep_variants(variants: Sequence[str], val: ImageSet, sizes: Sequence[int], work_dir: Path,
                    rope_scalings: Sequence[str], batch_size: int) -> List[Dict]:
-    """Rows in timm's results format for every variant (and RoPE hook) at every size. Per-variant
-    results are cached in ``<variant>/sweep.json`` (keyed by hook and size), so an interrupted sweep
-    only redoes what is missing and a retrained variant (its folder deleted) is swept afresh."""
-    caches = {}
-    for variant in variants:
-        path = work_dir / variant / 'sweep.json'
-        cache = json.loads(path.read_text()) if path.exists() else {}
-        caches[variant] = cache if cache.get('num_val_images') == len(val.labels) else {}
-        caches[variant]['num_val_images'] = len(val.labels)
-    labels = {(v, s): v if s == 'none' else f'{v}+{s}'
-              for v in variants for s in (rope_scalings if is_rope_variant(v) else ['none'])}
-    params = {}
-    for size in sizes:
-        todo = [(v, s) for (v, s), label in labels.items() if str(size) not in caches[v].get(label, {})]
-        if todo:
-            models = {labels[key]: load_trained(key[0], work_dir, key[1]) for key in todo}
-            params.update({name: param_count_millions(m) for name, m in models.items()})
-            metrics = evaluate(models, val_batches(val, size, batch_size),
-                               total=math.ceil(len(val.labels) / batch_size), desc=f'sweep @{size}px')
-            for (variant, _), label in ((key, labels[key]) for key in todo):
-                caches[variant].setdefault(label, {})[str(size)] = metrics[label]
-                (work_dir / variant / 'sweep.json').write_text(json.dumps(caches[variant], indent=1))
-            print(f'@{size}px: ' + ', '.join(f'{k} {m["top1"]:.1f}' for k, m in metrics.items()), flush=True)
+    """Rows in timm's results format for every variant (and RoPE hook) at every size.
+
+    Models are rebuilt from ``model.safetensors`` and ``model_kwargs.json`` by ``timm-pe sweep``'s
+    loader. Results are cached per variant in ``<variant>/sweep.json`` (by hook and size), so an
+    interrupted sweep only redoes what is missing and a retrained variant (folder deleted) starts afresh.
+    """
     rows = []
-    for (variant, _), label in labels.items():
-        if label not in params:
-            params[label] = json.loads((work_dir / variant / 'result.json').read_text())['param_count']
-        rows += [result_row(label, size, caches[variant][label][str(size)], params[label], 1.0, 'bicubic')
-                 for size in sizes]
+    for variant in variants:
+        cache_path = work_dir / variant / 'sweep.json'
+        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+        if cache.get('num_val_images') != len(val.labels):
+            cache = dict(num_val_images=len(val.labels), metrics={})
+        labels = [variant if s == 'none' else f'{variant}+{s}' for s in rope_scalings] \
+            if is_rope_variant(variant) else [variant]
+        if any(str(size) not in cache['metrics'].get(label, {}) for label in labels for size in sizes):
+            models = create_models(VARIANTS[variant][0], work_dir / variant / 'model.safetensors', {},
+                                   rope_scalings, pretrained=False, label=variant)
+            cache['param_count'] = param_count_millions(models[variant])
+            for size in sizes:
+                todo = {label: models[label] for label in labels if str(size) not in cache['metrics'].get(label, {})}
+                if not todo:
+                    continue
+                metrics = evaluate(todo, val_batches(val, size, batch_size),
+                                   total=math.ceil(len(val.labels) / batch_size), desc=f'{variant} @{size}px')
+                for label in todo:
+                    cache['metrics'].setdefault(label, {})[str(size)] = metrics[label]
+                cache_path.write_text(json.dumps(cache, indent=1))
+                print(f'{variant} @{size}px: ' + ', '.join(f'{k} {m["top1"]:.1f}' for k, m in metrics.items()),
+                      flush=True)
+        rows += [result_row(label, size, cache['metrics'][label][str(size)], cache['param_count'], 1.0, 'bicubic')
+                 for label in labels for size in sizes]
     return rows
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from ..attention import PositionalAttention
 from ..encodings import Alibi2d, RopeAxial, RopeMixed
 from ..encodings.rpb import cached_relative_position_index
-from ._pretrained import SWIN_IN1K, pretrained_cfgs
+from ._pretrained import SWIN_IN1K, checked_filter, pretrained_cfgs
 
 __all__ = ['PeSwinTransformer', 'SwinWindowAttention', 'checkpoint_filter_fn', 'stage_windows']
 
@@ -349,7 +349,7 @@ def _create_swin(variant: str, pretrained: bool = False, **kwargs) -> PeSwinTran
     out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 6, 2))))))
     model = build_model_with_cfg(
         PeSwinTransformer, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=checked_filter(checkpoint_filter_fn),
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         **kwargs,
     )

@@ -175,7 +175,7 @@ def create_models(name: str, checkpoint: Optional[Path], model_kwargs: Dict, rop
     """The model at every ``rope_scaling`` hook (RoPE models only), keyed by label or ``label+hook``.
 
     Built with ``dynamic_img_size=True`` where the model takes it (timm CNNs do not, and need nothing);
-    the image size the model is built at is the training size the RoPE hooks scale from.
+    the hooks scale from ``rope_train_img_size`` where the kwargs give it, else from the size built at.
     """
     import timm
     import timm_pe  # noqa: F401  (registers the models)
@@ -186,11 +186,11 @@ def create_models(name: str, checkpoint: Optional[Path], model_kwargs: Dict, rop
 
     def build(**extra) -> nn.Module:
         try:
-            return timm.create_model(name, pretrained=pretrained, dynamic_img_size=True, **kwargs, **extra)
+            return timm.create_model(name, pretrained=pretrained, **dict(kwargs, dynamic_img_size=True, **extra))
         except TypeError as e:
             if 'dynamic_img_size' not in str(e):
                 raise
-            return timm.create_model(name, pretrained=pretrained, **kwargs, **extra)
+            return timm.create_model(name, pretrained=pretrained, **dict(kwargs, **extra))
 
     base = build()
     if checkpoint:
@@ -199,7 +199,7 @@ def create_models(name: str, checkpoint: Optional[Path], model_kwargs: Dict, rop
         load_checkpoint(base, str(checkpoint), filter_fn=filter_fn)
     if not is_rope_model(base):
         return {label: base.eval()}
-    train_size = base.patch_embed.img_size
+    train_size = kwargs.get('rope_train_img_size') or base.patch_embed.img_size
     models = {}
     for scaling in rope_scalings:
         model = base if scaling == 'none' else build(rope_scaling=scaling, rope_train_img_size=train_size)

@@ -23,6 +23,7 @@ import torch
 
 import timm_pe
 from timm_pe.ops import apply_rope
+from timm_pe.ops import rope_torch
 from timm_pe.ops.rope_torch import rope_qkv_reference
 
 
@@ -87,17 +88,22 @@ def rope_and_grads(fn, base, qkv, cos, sin, prefix, grads):
     return (q, k, v), torch.autograd.grad((q, k, v), inputs, grads)
 
 
-@kernel_test
-@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16], ids=['fp32', 'fp16', 'bf16'])
 @pytest.mark.parametrize('case', CASES.values(), ids=CASES.keys())
-def test_matches_reference(case, dtype):
-    from timm_pe.ops.rope_triton import rope_qkv_triton
+@pytest.mark.parametrize('backend', ['torch', pytest.param('triton', marks=kernel_test)])
+def test_matches_reference(backend, case, dtype, monkeypatch):
+    """The kernel, and the PyTorch path it is benchmarked against (in one-batch chunks, to cover the loop)."""
+    if backend == 'triton':
+        from timm_pe.ops.rope_triton import rope_qkv_triton as rope
+    else:
+        monkeypatch.setattr(rope_torch, '_CHUNK', 1)
+        rope = rope_torch.rope_qkv_torch
     torch.manual_seed(0)
     B, N, H, D, half, T, prefix, layout, tables_learn = case
     base, qkv = make_qkv(B, N, H, D, layout, dtype)
     cos, sin = make_tables(T, N - prefix, half, tables_learn)
     grads = [torch.randn(B, H, N, D, device=DEVICE).to(dtype) for _ in range(3)]
-    (q, k, v), dinputs = rope_and_grads(rope_qkv_triton, base, qkv, cos, sin, prefix, grads)
+    (q, k, v), dinputs = rope_and_grads(rope, base, qkv, cos, sin, prefix, grads)
     (rq, rk, rv), rdinputs = rope_and_grads(rope_qkv_reference, base, qkv, cos, sin, prefix, grads)
 
     assert_matches(q, rq)
@@ -140,15 +146,15 @@ def test_opcheck(tables_learn):
     torch.library.opcheck(torch.ops.timm_pe.rope_qkv.default, (qkv, cos, sin, 1))
 
 
-@kernel_test
-def test_compile_fullgraph_forward_and_backward():
-    """Dynamo traces apply_rope without a graph break; AOTAutograd uses the fake and backward ops.
+@pytest.mark.parametrize('backend', ['torch', pytest.param('triton', marks=kernel_test)])
+def test_compile_fullgraph_forward_and_backward(backend):
+    """Dynamo traces apply_rope without a graph break (the torch path switches to its expression, the
+    Triton op is traced through its fake and backward registrations) and matches eager.
 
-    backend='aot_eager' stops short of Inductor, whose C++ codegen only adds minutes here: the op is
-    an opaque extern call to it either way.
+    backend='aot_eager' stops short of Inductor, whose C++ codegen only adds minutes here.
     """
     def attention(qkv, cos, sin):
-        q, k, v = apply_rope(qkv, cos, sin, 1, backend='triton')
+        q, k, v = apply_rope(qkv, cos, sin, 1, backend=backend)
         return torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
     torch.manual_seed(0)

@@ -1,5 +1,7 @@
 """The Triton RoPE kernel against ``rope_qkv_reference``, run by Triton's interpreter on CPU (or on CUDA).
 
+The PyTorch path it is benchmarked against goes through the same value, gradient and compile checks.
+
 Why this file may rerun itself in a child process: Triton picks interpreter or compiler when
 ``@triton.jit`` decorates a kernel, i.e. when ``timm_pe.ops.rope_triton`` is first imported, from
 ``TRITON_INTERPRET`` at that moment (importing triton itself, which ``import timm`` does, is harmless).

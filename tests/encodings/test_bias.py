@@ -1,6 +1,5 @@
 import math
 
-import pytest
 import torch
 
 from timm_pe.encodings import Alibi2d, GridCache, RelativePositionBias, alibi_slopes, relative_position_index

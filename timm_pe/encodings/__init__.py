@@ -6,6 +6,7 @@ the model (timm's learned ``pos_embed``) or in ``sincos``.
 """
 from ._grid import TABLE_CACHE, GridCache, grid_coords
 from .alibi2d import Alibi2d, alibi_slopes
+from .factory import ROTARY, check_rope_args, create_encoding
 from .rope import ROPE_SCALINGS, rope_rot_dim
 from .rope_axial import RopeAxial
 from .rope_mixed import RopeMixed, init_mixed_frequencies

@@ -3,6 +3,7 @@ import math
 from typing import Optional, Tuple
 
 import torch
+from torch import nn
 
 from ._grid import Grid, grid_coords
 
@@ -62,3 +63,20 @@ def ntk_band_scale(
         return None
     k = torch.arange(num_bands, device=device, dtype=torch.float32)
     return torch.exp(-math.log(growth) * k / (num_bands - 1))
+
+
+class RotaryEncoding(nn.Module):
+    """Settings every RoPE variant shares: rotated dims, base, test-time scaling and the training grid
+    that scaling refers to. Subclasses provide ``tables(grid, like) -> (cos, sin)``."""
+    is_rotary = True
+
+    def __init__(self, head_dim: int, theta: float, rope_fraction: float = 1., rope_scaling: str = 'none',
+                 train_grid: Optional[Grid] = None):
+        super().__init__()
+        self.rot_dim = rope_rot_dim(head_dim, rope_fraction)
+        self.theta = theta
+        self.rope_scaling = check_rope_scaling(rope_scaling)
+        self.train_grid = tuple(train_grid) if train_grid is not None else None
+
+    def extra_repr(self) -> str:
+        return f'rot_dim={self.rot_dim}, theta={self.theta}, rope_scaling={self.rope_scaling!r}'

@@ -3,10 +3,9 @@ the second half with y."""
 from typing import Optional, Tuple
 
 import torch
-from torch import nn
 
 from ._grid import TABLE_CACHE, Grid
-from .rope import check_rope_scaling, ntk_band_scale, rope_rot_dim, scaled_coords
+from .rope import RotaryEncoding, ntk_band_scale, scaled_coords
 
 
 def axial_frequencies(rot_dim: int, theta: float, device=None) -> torch.Tensor:
@@ -36,23 +35,12 @@ def rope_axial_tables(like: torch.Tensor, grid: Grid, rot_dim: int, theta: float
 torch.fx.wrap('rope_axial_tables')
 
 
-class RopeAxial(nn.Module):
+class RopeAxial(RotaryEncoding):
     """Axial rotary tables shared by all heads; built in float32 once per grid and cached."""
-    is_rotary = True
 
-    def __init__(
-            self,
-            head_dim: int,
-            theta: float = 100.,
-            rope_fraction: float = 1.,
-            rope_scaling: str = 'none',
-            train_grid: Optional[Grid] = None,
-    ):
-        super().__init__()
-        self.rot_dim = rope_rot_dim(head_dim, rope_fraction)
-        self.theta = theta
-        self.rope_scaling = check_rope_scaling(rope_scaling)
-        self.train_grid = tuple(train_grid) if train_grid is not None else None
+    def __init__(self, head_dim: int, theta: float = 100., rope_fraction: float = 1., rope_scaling: str = 'none',
+                 train_grid: Optional[Grid] = None):
+        super().__init__(head_dim, theta, rope_fraction, rope_scaling, train_grid)
 
     def frequencies(self) -> torch.Tensor:
         return axial_frequencies(self.rot_dim, self.theta)
@@ -60,6 +48,3 @@ class RopeAxial(nn.Module):
     def tables(self, grid: Grid, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin), each (1, H*W, rot_dim/2) float32, on ``like``'s device."""
         return rope_axial_tables(like, grid, self.rot_dim, self.theta, self.rope_scaling, self.train_grid)
-
-    def extra_repr(self) -> str:
-        return f'rot_dim={self.rot_dim}, theta={self.theta}, rope_scaling={self.rope_scaling!r}'

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ._grid import TABLE_CACHE, Grid
-from .rope import check_rope_scaling, ntk_band_scale, rope_rot_dim, scaled_coords
+from .rope import RotaryEncoding, ntk_band_scale, scaled_coords
 
 
 def init_mixed_frequencies(num_heads: int, rot_dim: int, theta: float = 10.) -> torch.Tensor:
@@ -40,25 +40,13 @@ def mixed_coords(like: torch.Tensor, grid: Grid, rot_dim: int, rope_scaling: str
 torch.fx.wrap('mixed_coords')
 
 
-class RopeMixed(nn.Module):
+class RopeMixed(RotaryEncoding):
     """Per-head learnable rotary frequencies of one attention layer; tables are rebuilt from them each
     call (they are trained), only the coordinates are cached."""
-    is_rotary = True
 
-    def __init__(
-            self,
-            head_dim: int,
-            num_heads: int,
-            theta: float = 10.,
-            rope_fraction: float = 1.,
-            rope_scaling: str = 'none',
-            train_grid: Optional[Grid] = None,
-    ):
-        super().__init__()
-        self.rot_dim = rope_rot_dim(head_dim, rope_fraction)
-        self.theta = theta
-        self.rope_scaling = check_rope_scaling(rope_scaling)
-        self.train_grid = tuple(train_grid) if train_grid is not None else None
+    def __init__(self, head_dim: int, num_heads: int, theta: float = 10., rope_fraction: float = 1.,
+                 rope_scaling: str = 'none', train_grid: Optional[Grid] = None):
+        super().__init__(head_dim, theta, rope_fraction, rope_scaling, train_grid)
         self.num_heads = num_heads
         self.freqs = nn.Parameter(torch.empty(2, num_heads, self.rot_dim // 2))
         self.reset_parameters()
@@ -74,6 +62,3 @@ class RopeMixed(nn.Module):
         # elementwise, not einsum: autocast would run a matmul in half precision
         angles = coords[:, 0, None] * freqs[0, :, None] + coords[:, 1, None] * freqs[1, :, None]
         return angles.cos(), angles.sin()
-
-    def extra_repr(self) -> str:
-        return f'rot_dim={self.rot_dim}, theta={self.theta}, rope_scaling={self.rope_scaling!r}'

@@ -15,16 +15,16 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resize_rel_pos_bias_table, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
-from timm.models._input import update_model_args
+from timm.models import generate_default_cfgs
 from timm.models import swin_transformer as timm_swin
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
 from ..attention import PositionalAttention
-from ..encodings import Alibi2d, RopeAxial, RopeMixed
+from ..encodings import check_rope_args, create_encoding
 from ..encodings.rpb import cached_relative_position_index
-from ._pretrained import SWIN_IN1K, checked_filter, pretrained_cfgs
+from ._factory import build_model, register_variant
+from ._pretrained import SWIN_IN1K, pretrained_cfgs
 
 __all__ = ['PeSwinTransformer', 'SwinWindowAttention', 'checkpoint_filter_fn', 'stage_windows']
 
@@ -161,11 +161,8 @@ class PeSwinTransformer(SwinTransformer):
         """
         if attn_pos not in ATTN_POS:
             raise ValueError(f'Unknown attn_pos {attn_pos!r}; allowed: {ATTN_POS}')
-        rope_args = dict(rope_theta=rope_theta, rope_fraction=rope_fraction, rope_scaling=rope_scaling,
-                         rope_train_img_size=rope_train_img_size)
-        if attn_pos not in ROPE_THETA and any(v is not None for v in rope_args.values()):
-            given = sorted(k for k, v in rope_args.items() if v is not None)
-            raise TypeError(f'{given} only apply to RoPE models, not attn_pos={attn_pos!r}')
+        check_rope_args(attn_pos, rope_theta=rope_theta, rope_fraction=rope_fraction, rope_scaling=rope_scaling,
+                        rope_train_img_size=rope_train_img_size)
         img_size = to_2tuple(img_size)
         patch_size = kwargs.get('patch_size', 4)
         num_stages = len(kwargs.get('depths', (2, 2, 6, 2)))
@@ -194,7 +191,11 @@ class PeSwinTransformer(SwinTransformer):
                     qkv_bias=timm_attn.qkv.bias is not None, attn_drop=timm_attn.attn_drop.p,
                     proj_drop=timm_attn.proj_drop.p, rpb=attn_pos == 'rpb', device=weight.device, dtype=weight.dtype)
                 train_grid = train_windows[stage_index] if train_windows else block.window_size
-                pos_enc = self._position_encoding(attn, train_grid, rope_theta, rope_fraction, rope_scaling)
+                # RPB lives in the attention itself, under timm's parameter name
+                pos_enc = None if attn_pos == 'rpb' else create_encoding(
+                    attn_pos, attn.head_dim, attn.num_heads, block.window_size,
+                    rope_theta=rope_theta or ROPE_THETA.get(attn_pos), rope_fraction=rope_fraction,
+                    rope_scaling=rope_scaling, train_grid=train_grid)
                 attn.set_position_encoding(pos_enc.to(weight.device) if pos_enc is not None else None)
                 block.attn = attn
 
@@ -213,19 +214,6 @@ class PeSwinTransformer(SwinTransformer):
             window_size = (max(1, img_size[0] // (patch_size[0] * reduction)),
                            max(1, img_size[1] // (patch_size[1] * reduction)))
         return timm_swin.resolve_stage_window_sizes(window_size, num_stages)
-
-    def _position_encoding(self, attn: SwinWindowAttention, train_grid: Size, rope_theta, rope_fraction,
-                           rope_scaling) -> Optional[nn.Module]:
-        """The encoding of one window attention; None for RPB, whose table the attention owns."""
-        theta = rope_theta or ROPE_THETA.get(self.attn_pos)
-        if self.attn_pos == 'rope_axial':
-            return RopeAxial(attn.head_dim, theta, rope_fraction or 1., rope_scaling or 'none', train_grid)
-        if self.attn_pos == 'rope_mixed':
-            return RopeMixed(attn.head_dim, attn.num_heads, theta, rope_fraction or 1., rope_scaling or 'none',
-                             train_grid)
-        if self.attn_pos == 'alibi2d':
-            return Alibi2d(attn.num_heads)
-        return None
 
     def _check_dynamic_input(self, patch_embed: nn.Module, args) -> None:
         """With dynamic_img_size the windows stay those of img_size; an input whose stage grids they do not
@@ -340,47 +328,19 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_swin(variant: str, pretrained: bool = False, **kwargs) -> PeSwinTransformer:
-    is_rope = kwargs.get('attn_pos') in ROPE_THETA
-    if is_rope and pretrained and kwargs.get('rope_train_img_size') is None and kwargs.get('window_size') is None:
-        # the checkpoint's windows (image size / 32 at its input size) are the training grids rope_scaling
-        # needs when img_size differs; a fixed window_size is taken to be the trained one
-        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-        kwargs['rope_train_img_size'] = tuple(cfg.input_size[-2:])
     out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 6, 2))))))
-    model = build_model_with_cfg(
-        PeSwinTransformer, variant, pretrained,
-        pretrained_filter_fn=checked_filter(checkpoint_filter_fn),
-        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
-        **kwargs,
-    )
-    if is_rope and kwargs.get('rope_train_img_size') is not None:
-        # recorded so that an export rebuilds the same training windows at any img_size
-        update_model_args(model, rope_train_img_size=to_2tuple(kwargs['rope_train_img_size']))
-    return model
-
-
-def _model_args(size: str, encoding: str) -> dict:
-    return dict(patch_size=4, attn_pos=encoding, **SIZES[size])
-
-
-def _make_entrypoint(size: str, encoding: str):
-    name = f'swin_{size}_{encoding}'
-
-    def entrypoint(pretrained: bool = False, **kwargs) -> PeSwinTransformer:
-        return _create_swin(name, pretrained=pretrained, **dict(_model_args(size, encoding), **kwargs))
-
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__doc__ = f'Swin-{size[0].upper()}, window = image size / 32, position encoding: {encoding}.'
-    return register_model(entrypoint)
+    # a fixed window_size is taken to be the trained one; otherwise the checkpoint's windows (image size
+    # / 32 at its input size) are the training grids rope_scaling needs
+    return build_model(PeSwinTransformer, variant, pretrained, checkpoint_filter_fn,
+                       feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+                       infer_rope_train_size=kwargs.get('window_size') is None, **kwargs)
 
 
 for _size in SIZES:
     for _encoding in ENCODINGS:
-        _make_entrypoint(_size, _encoding)
-
-
-@register_model
-def swin_rope(pretrained: bool = False, **kwargs) -> PeSwinTransformer:
-    """Short name for swin_tiny_rope_mixed (same architecture, config and weights)."""
-    return _create_swin('swin_tiny_rope_mixed', pretrained=pretrained,
-                        **dict(_model_args('tiny', 'rope_mixed'), **kwargs))
+        register_variant(f'swin_{_size}_{_encoding}', _create_swin,
+                         dict(patch_size=4, attn_pos=_encoding, **SIZES[_size]),
+                         f'Swin-{_size[0].upper()}, window = image size / 32, position encoding: {_encoding}.')
+register_variant('swin_rope', _create_swin, dict(patch_size=4, attn_pos='rope_mixed', **SIZES['tiny']),
+                 'Short name for swin_tiny_rope_mixed (same architecture, config and weights).',
+                 arch='swin_tiny_rope_mixed')

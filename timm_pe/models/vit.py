@@ -10,16 +10,16 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed, to_2tuple
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
-from timm.models._input import update_model_args
 from timm.models._manipulate import checkpoint
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from ..attention import PositionalAttention
-from ..encodings import Alibi2d, RelativePositionBias, RopeAxial, RopeMixed, resize_rpb_table, sincos_2d_embed
-from ._pretrained import VIT_IN1K, checked_filter, pretrained_cfgs, pretrained_img_size
+from ..encodings import RelativePositionBias, check_rope_args, create_encoding, resize_rpb_table, sincos_2d_embed
+from ._factory import build_model, register_variant
+from ._pretrained import VIT_IN1K, pretrained_cfgs
 
 __all__ = ['PeVisionTransformer', 'checkpoint_filter_fn', 'convert_timm_rope_vit']
 
@@ -75,14 +75,11 @@ class PeVisionTransformer(VisionTransformer):
             raise ValueError(f'Unknown abs_pos {abs_pos!r}; allowed: {ABS_POS}')
         if attn_pos not in ATTN_POS:
             raise ValueError(f'Unknown attn_pos {attn_pos!r}; allowed: {ATTN_POS}')
-        rope_args = dict(rope_theta=rope_theta, rope_fraction=rope_fraction, rope_scaling=rope_scaling,
-                         rope_train_img_size=rope_train_img_size)
-        if attn_pos not in ROPE_THETA and any(v is not None for v in rope_args.values()):
-            given = sorted(k for k, v in rope_args.items() if v is not None)
-            raise TypeError(f'{given} only apply to RoPE models, not attn_pos={attn_pos!r}')
+        check_rope_args(attn_pos, rope_theta=rope_theta, rope_fraction=rope_fraction, rope_scaling=rope_scaling,
+                        rope_train_img_size=rope_train_img_size)
         if attn_pos is not None and kwargs.get('patch_drop_rate', 0.):
             raise ValueError('patch_drop_rate would drop tokens whose grid positions attention relies on')
-        patch_size = kwargs.get('patch_size', 16)
+        patch_size = to_2tuple(kwargs.get('patch_size', 16))
         kwargs['img_size'] = check_img_size(kwargs.get('img_size', 224), patch_size)
         super().__init__(
             pos_embed='learn' if abs_pos == 'learn' else 'none',
@@ -93,24 +90,12 @@ class PeVisionTransformer(VisionTransformer):
         self.abs_pos = abs_pos
         self.attn_pos = attn_pos
         num_heads = self.blocks[0].attn.num_heads
-        head_dim = self.embed_dim // num_heads
-        train_grid = None
-        if attn_pos in ROPE_THETA:
-            train_size = check_img_size(rope_train_img_size or kwargs['img_size'], patch_size)
-            train_grid = (train_size[0] // to_2tuple(patch_size)[0], train_size[1] // to_2tuple(patch_size)[1])
+        train_size = check_img_size(rope_train_img_size or kwargs['img_size'], patch_size)
         for blk in self.blocks:
-            if attn_pos == 'rope_axial':
-                enc = RopeAxial(head_dim, rope_theta or ROPE_THETA[attn_pos], rope_fraction or 1.,
-                                rope_scaling or 'none', train_grid)
-            elif attn_pos == 'rope_mixed':
-                enc = RopeMixed(head_dim, num_heads, rope_theta or ROPE_THETA[attn_pos], rope_fraction or 1.,
-                                rope_scaling or 'none', train_grid)
-            elif attn_pos == 'alibi2d':
-                enc = Alibi2d(num_heads)
-            elif attn_pos == 'rpb':
-                enc = RelativePositionBias(num_heads, self.patch_embed.grid_size)
-            else:
-                enc = None
+            enc = create_encoding(
+                attn_pos, self.embed_dim // num_heads, num_heads, self.patch_embed.grid_size,
+                rope_theta=rope_theta or ROPE_THETA.get(attn_pos), rope_fraction=rope_fraction,
+                rope_scaling=rope_scaling, train_grid=(train_size[0] // patch_size[0], train_size[1] // patch_size[1]))
             blk.attn.set_position_encoding(enc, self.num_prefix_tokens)
 
     @torch.jit.ignore
@@ -345,33 +330,12 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> PeVisionTransformer:
-    is_rope = kwargs.get('attn_pos') in ROPE_THETA
-    if is_rope and pretrained and kwargs.get('rope_train_img_size') is None:
-        kwargs['rope_train_img_size'] = pretrained_img_size(variant, kwargs)
-    model = build_model_with_cfg(
-        PeVisionTransformer, variant, pretrained,
-        pretrained_filter_fn=checked_filter(checkpoint_filter_fn),
-        feature_cfg=dict(out_indices=3, feature_cls='getter'),
-        **kwargs,
-    )
-    if is_rope and kwargs.get('rope_train_img_size') is not None:
-        # recorded so that an export rebuilds the same training grid at any img_size
-        update_model_args(model, rope_train_img_size=to_2tuple(kwargs['rope_train_img_size']))
-    return model
-
-
-def _make_entrypoint(size: str, encoding: str):
-    name = f'vit_{size}_{encoding}'
-    model_args = dict(DEIT3_ARGS, **SIZES[size], **ENCODINGS[encoding])
-
-    def entrypoint(pretrained: bool = False, **kwargs) -> PeVisionTransformer:
-        return _create_vit(name, pretrained=pretrained, **dict(model_args, **kwargs))
-
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__doc__ = f'ViT-{size[0].upper()}/16, DeiT-III blocks, position encoding: {encoding}.'
-    return register_model(entrypoint)
+    return build_model(PeVisionTransformer, variant, pretrained, checkpoint_filter_fn,
+                       feature_cfg=dict(out_indices=3, feature_cls='getter'), **kwargs)
 
 
 for _size in SIZES:
     for _encoding in ENCODINGS:
-        _make_entrypoint(_size, _encoding)
+        register_variant(
+            f'vit_{_size}_{_encoding}', _create_vit, dict(DEIT3_ARGS, **SIZES[_size], **ENCODINGS[_encoding]),
+            f'ViT-{_size[0].upper()}/16, DeiT-III blocks, position encoding: {_encoding}.')

@@ -12,7 +12,8 @@ from typing import Tuple
 import torch
 from torch.autograd.function import once_differentiable
 
-# Elements of the rotated region per eager step: the step's float32 temporaries stay in cache.
+# Elements of the rotated region per eager step and intra-op thread: each thread's float32 temporaries
+# stay in its cache, and a many-core machine still splits every op across all its threads.
 _CHUNK = 1 << 17
 
 
@@ -59,7 +60,7 @@ def _rope_into(x: torch.Tensor, y: torch.Tensor, cos: torch.Tensor, sin: torch.T
         y[..., :p, :].copy_(x[..., :p, :])
     if rot < D:
         y[..., p:, rot:].copy_(x[..., p:, rot:])
-    step = max(1, _CHUNK // max(1, H * (N - p) * rot))
+    step = max(1, _CHUNK * torch.get_num_threads() // max(1, H * (N - p) * rot))
     for i in range(2):
         for b in range(0, B, step):
             _rotate_into(x[i, b:b + step, :, p:, :rot], y[i, b:b + step, :, p:, :rot], cos, sin, inverse)

@@ -13,5 +13,5 @@ MODELS = [f'vit_small_{enc}' for enc in ('ape', 'nope', 'sincos', 'rope_axial', 
 PEERS = ['vit_small_patch16_rope_224', 'vit_relpos_small_patch16_224']
 
 if __name__ == '__main__':
-    sys.exit(main(['bench', *MODELS, *PEERS, '--sizes', '224', '--train', '--batch-size', '16', '--iters', '5',
+    sys.exit(main(['bench', *MODELS, *PEERS, '--sizes', '224', '--train', '--baseline', 'vit_small_ape', '--batch-size', '16', '--iters', '5',
                    '--model-kwargs', '--output-dir', 'results/bench_models', *sys.argv[1:]]))

@@ -205,6 +205,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--train', action='store_true', help='also time a training step (SGD, cross-entropy)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps before timing')
     parser.add_argument('--iters', type=int, default=5, help='timed steps (median reported)')
+    parser.add_argument('--baseline', help='the model every ratio is taken to (default: the APE model of the same '
+                                           'family and size, e.g. vit_small_ape for vit_small_rope_mixed)')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=int, default=2, help='torch threads on CPU')
     parser.add_argument('--output-dir', type=Path, default=Path('out/bench'),
@@ -218,7 +220,7 @@ def run_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model_kwargs = parse_model_kwargs(args.model_kwargs)
-    baselines = {name: ape_baseline(name) for name in args.models}
+    baselines = {name: args.baseline or ape_baseline(name) for name in args.models}
     models = list(dict.fromkeys([b for b in baselines.values() if b] + list(args.models)))
     rows = []
     bar = tqdm([(m, s) for s in args.sizes for m in models], desc='bench', dynamic_ncols=True)

@@ -24,8 +24,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print('== bench: ViT-Ti/16 (depth 4) with each encoding, ratio to APE as the token count grows ==')
     cli_main(['bench', *vits, '--sizes', '96,192,288,384', '--model-kwargs', 'depth=4',
               '--batch-size', '4', '--iters', '3', '--output-dir', str(args.output_dir / 'bench_vit')])
-    print('\n== bench: Swin-T (depths 2,2,2,2) with RPB, RoPE-Mixed and 2D ALiBi ==')
+    print('\n== bench: Swin-T (depths 2,2,2,2) with RPB, RoPE-Mixed and 2D ALiBi, ratio to RPB ==')
     cli_main(['bench', 'swin_tiny_rpb', 'swin_tiny_rope_mixed', 'swin_tiny_alibi2d', '--sizes', '224,448',
+              '--baseline', 'swin_tiny_rpb',
               '--model-kwargs', 'depths=[2,2,2,2]', '--batch-size', '2', '--iters', '3',
               '--output-dir', str(args.output_dir / 'bench_swin')])
     if not (args.data_dir / 'val').is_dir():

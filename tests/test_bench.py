@@ -1,6 +1,7 @@
 """timm-pe bench: CSV rows in timm benchmark.py's columns, the ratio to the APE baseline, the plots."""
 import csv
 import importlib.util
+import time
 
 import pytest
 import torch
@@ -47,8 +48,13 @@ def test_bench_cli_rows_and_ratio(tmp_path):
 
 
 def test_peak_memory_sees_a_large_temporary():
-    # 64 MB alive for the length of a reduction; on CPU it is seen through the resident-memory sampler
-    peak = peak_memory_mb(lambda: torch.ones(16 * 2 ** 20).sum(), torch.device('cpu'))
+    # 64 MB held for 0.3 s: long enough for the resident-memory sampler to be scheduled on a busy machine
+    def step():
+        held = torch.ones(16 * 2 ** 20)
+        time.sleep(.3)
+        held.sum()
+
+    peak = peak_memory_mb(step, torch.device('cpu'))
     if peak is None:
         pytest.skip('no /proc/self/statm: peak CPU memory is not measured on this platform')
     assert peak >= 48

@@ -13,6 +13,7 @@ during one step, sampled by a thread, with glibc told to give every large block 
 """
 import argparse
 import ctypes
+import gc
 import os
 import re
 import statistics
@@ -89,6 +90,7 @@ def peak_memory_mb(step: Callable[[], None], device: torch.device) -> Optional[f
     _set_malloc_release(True)
     try:
         step()  # first step under the new malloc settings releases what the timed steps kept
+        gc.collect()  # so that no collection of earlier garbage shrinks memory during the measured step
         base = _resident_bytes()
         peak = [base]
         done = threading.Event()

@@ -8,9 +8,10 @@ Why this file may rerun itself in a child process: Triton picks interpreter or c
 In a shared pytest process another module may import the kernels first, compiled, and compiled
 kernels cannot take CPU tensors; setting the variable here at collection would instead switch every
 module collected after this one to the interpreter. So unless this process already has interpreted
-kernels (``TRITON_INTERPRET=1 python -m pytest tests/ops/test_rope_triton.py``) or a GPU, the kernel
-tests skip and ``test_kernels_in_child_interpreter`` reruns this file in a fresh ``python -m pytest``
-with ``TRITON_INTERPRET=1``, failing with the child's report if any test there fails or skips.
+kernels (``TRITON_INTERPRET=1 python -m pytest tests/ops/test_rope_triton.py``) or a GPU, the tests
+marked ``triton_kernel`` are deselected (``conftest.py``) and ``test_kernels_in_child_interpreter``
+reruns this file in a fresh ``python -m pytest`` with ``TRITON_INTERPRET=1``, failing with the
+child's report if any test there fails or skips.
 
 Tolerances: float32 to 1e-6 (bit-exact in the interpreter; FMA contraction on GPU), float16 and
 bfloat16 to one ulp of the reference (the interpreter truncates to bfloat16 where torch rounds), table
@@ -29,17 +30,8 @@ from timm_pe.ops import rope_torch
 from timm_pe.ops.rope_torch import rope_qkv_reference
 
 
-def _kernels_interpreted() -> bool:
-    if os.environ.get('TRITON_INTERPRET') != '1':
-        return False
-    from triton.runtime.interpreter import InterpretedFunction
-    from timm_pe.ops import rope_triton
-    return isinstance(rope_triton._rope_fwd_kernel, InterpretedFunction)
-
-
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
-KERNELS_HERE = _kernels_interpreted() or DEVICE == 'cuda'
-kernel_test = pytest.mark.skipif(not KERNELS_HERE, reason='runs in test_kernels_in_child_interpreter')
+kernel_test = pytest.mark.triton_kernel
 
 # (B, N, heads, head_dim, rot_dim // 2, table heads T, prefix tokens, qkv layout, tables learn)
 CASES = {
@@ -183,12 +175,12 @@ def test_fx_symbolic_trace_keeps_one_op_node():
         assert_matches(a, b)
 
 
-@pytest.mark.skipif(KERNELS_HERE, reason='the kernel tests run in this process')
+@pytest.mark.kernel_runner
 def test_kernels_in_child_interpreter():
     root = os.path.dirname(os.path.dirname(os.path.abspath(timm_pe.__file__)))
     child = subprocess.run(
-        [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', os.path.abspath(__file__),
-         '-k', 'not test_kernels_in_child_interpreter'],
+        [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', os.path.abspath(__file__)],
         cwd=root, env={**os.environ, 'TRITON_INTERPRET': '1'}, capture_output=True, text=True)
     summary = child.stdout.strip().splitlines()[-1] if child.stdout.strip() else ''
-    assert child.returncode == 0 and 'skipped' not in summary, child.stdout[-20000:] + child.stderr[-5000:]
+    assert child.returncode == 0 and ' passed' in summary and 'skipped' not in summary, \
+        child.stdout[-20000:] + child.stderr[-5000:]

@@ -98,6 +98,14 @@ def _decode(path: Path, size: int) -> np.ndarray:
         return np.asarray(img.convert('RGB').resize((size, size), Image.BICUBIC)).transpose(2, 0, 1)
 
 
+def _save_atomic(obj, path: Path) -> None:
+    """Write beside ``path`` and rename: a kill mid-write, or another process caching the same split,
+    never leaves a torn file."""
+    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def load_split(data_dir: Path, split: str, size: int, cache_dir: Path, per_class: Optional[int] = None,
                threads: int = 2) -> ImageSet:
     """A split decoded and squashed to ``size`` x ``size`` (bicubic), cached as one tensor file."""
@@ -112,8 +120,7 @@ def load_split(data_dir: Path, split: str, size: int, cache_dir: Path, per_class
     images = torch.from_numpy(np.stack(arrays))
     data = dict(images=images, labels=torch.tensor(labels), classes=classes)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(data, cache.with_suffix('.tmp'))
-    os.replace(cache.with_suffix('.tmp'), cache)
+    _save_atomic(data, cache)
     return ImageSet(**data)
 
 
@@ -151,12 +158,6 @@ def create_study_model(variant: str, model_kwargs: Dict, **extra) -> nn.Module:
     import timm
     import timm_pe  # noqa: F401  (registers the models)
     return timm.create_model(VARIANTS[variant][0], **model_kwargs, **extra)
-
-
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + '.tmp')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def save_checkpoint(state: Dict, path: Path) -> None:
@@ -321,7 +322,7 @@ def write_study_results(rows: List[Dict], results: Dict[str, Dict], recipe: Reci
                       'crop_log_ratio]) and horizontal flip, one bilinear affine resampling per batch'),
         optimizer='timm create_optimizer_v2 adamw (no weight decay on norms, biases, tokens, encodings)',
         schedule='timm CosineLRScheduler per step: linear warmup from min_lr, cosine to min_lr',
-        loss='cross-entropy with label smoothing', sweep_sizes=list(sizes),
+        loss='cross-entropy with label smoothing', sweep_sizes=list(sizes), sweep_val_images=num_val,
         sweep=('dynamic_img_size=True; APE resampled by timm, RoPE/ALiBi computed for the grid, RPB resized on '
                'the fly; RoPE variants also with rope_scaling interp and ntk, rope_train_img_size=64'))
     (results_dir / 'recipe.json').write_text(json.dumps(recipe_doc, indent=2) + '\n')

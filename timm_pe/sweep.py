@@ -140,7 +140,7 @@ def plot_accuracy(rows: Sequence[Mapping[str, object]], path: Path, title: str, 
     models = list(dict.fromkeys(r['model'] for r in rows))
     bases = list(dict.fromkeys(m.split('+')[0] for m in models))
     colours = plt.get_cmap('tab10' if len(bases) <= 10 else 'tab20')
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = plt.subplots(figsize=(10.5, 5.5))
     for model in models:
         base, _, hook = model.partition('+')
         points = sorted((int(r['img_size']), float(r[metric])) for r in rows if r['model'] == model)
@@ -152,7 +152,7 @@ def plot_accuracy(rows: Sequence[Mapping[str, object]], path: Path, title: str, 
     ax.set_ylabel(f'{metric} (%)')
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if len(models) > 8 else 1)
+    ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -1,13 +1,13 @@
 """timm-pe bench: CSV rows in timm benchmark.py's columns, the ratio to the APE baseline, the plots."""
 import csv
 import importlib.util
-import time
 
 import pytest
 import torch
 
+import timm
 import timm_pe  # noqa: F401
-from timm_pe.bench import ape_baseline, peak_memory_mb
+from timm_pe.bench import ape_baseline, saved_for_backward_mb
 from timm_pe.cli import main
 
 
@@ -28,7 +28,7 @@ def test_bench_cli_rows_and_ratio(tmp_path):
         columns, rows = reader.fieldnames, list(reader)
     for column in ('model', 'infer_samples_per_sec', 'infer_step_time', 'infer_batch_size', 'infer_img_size',
                    'param_count', 'train_samples_per_sec', 'train_step_time', 'train_batch_size', 'train_img_size',
-                   'infer_tokens', 'infer_peak_mem_mb', 'infer_samples_per_sec_vs_ape', 'train_samples_per_sec_vs_ape'):
+                   'infer_tokens', 'train_saved_mb', 'infer_samples_per_sec_vs_ape', 'train_samples_per_sec_vs_ape'):
         assert column in columns
     # the APE baseline is added and comes first
     assert [(r['model'], r['infer_img_size']) for r in rows] == [
@@ -47,14 +47,20 @@ def test_bench_cli_rows_and_ratio(tmp_path):
         assert (out / 'bench_train.png').stat().st_size > 1000
 
 
-def test_peak_memory_sees_a_large_temporary():
-    # 64 MB held for 0.3 s: long enough for the resident-memory sampler to be scheduled on a busy machine
-    def step():
-        held = torch.ones(16 * 2 ** 20)
-        time.sleep(.3)
-        held.sum()
+def test_saved_for_backward_counts_activations_not_parameters():
+    layer = torch.nn.Linear(256, 256)
+    x = torch.randn(64, 256)
+    # linear + relu + sum save the input (64x256) and the relu output (64x256), float32; not the weight
+    saved = saved_for_backward_mb(layer, lambda: layer(x).relu().sum())
+    assert saved == pytest.approx(2 * 64 * 256 * 4 / 2 ** 20)
 
-    peak = peak_memory_mb(step, torch.device('cpu'))
-    if peak is None:
-        pytest.skip('no /proc/self/statm: peak CPU memory is not measured on this platform')
-    assert peak >= 48
+
+def test_rpb_saves_more_for_backward_than_rope():
+    """The bias is one more (heads, N, N) tensor per layer that autograd keeps: the cost RoPE avoids."""
+    kwargs = dict(depth=1, embed_dim=64, num_heads=4, img_size=128)
+    x = torch.randn(2, 3, 128, 128)
+    saved = {}
+    for name in ('vit_tiny_rope_axial', 'vit_tiny_rpb'):
+        model = timm.create_model(name, **kwargs)
+        saved[name] = saved_for_backward_mb(model, lambda: model(x).sum())
+    assert saved['vit_tiny_rpb'] > saved['vit_tiny_rope_axial']

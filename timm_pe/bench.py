@@ -1,23 +1,20 @@
-"""``timm-pe bench``: inference (and ``--train`` training-step) throughput, latency and peak memory of
+"""``timm-pe bench``: inference (and ``--train`` training-step) throughput, latency and memory of
 models over resolutions, with each model's ratio to the APE model of the same size.
 
 The CSV follows timm's ``benchmark.py`` (``infer_samples_per_sec``, ``infer_step_time`` in ms,
 ``infer_batch_size``, ``infer_img_size``, ``param_count`` in millions, and ``train_*`` alike), plus
-``*_tokens``, ``*_peak_mem_mb`` and ``*_samples_per_sec_vs_ape``. Step time is the median over the
-timed steps, which a busy shared CPU disturbs less than the mean. Each model is built at each size
-(``img_size``), the way it would be deployed there, so APE and RPB are resampled once, not per step.
+``*_tokens``, ``*_samples_per_sec_vs_ape`` and memory. Step time is the median over the timed steps,
+which a busy shared CPU disturbs less than the mean. Each model is built at each size (``img_size``),
+the way it would be deployed there, so APE and RPB are resampled once, not per step.
 
-Peak memory: on CUDA the allocator's peak; on CPU the peak rise of the process's resident memory
-during one step, sampled by a thread, with glibc told to give every large block back to the system
-(``mallopt``) for that step so that freed activations do not hide the next ones.
+Memory: ``*_peak_mem_mb`` is the CUDA allocator's peak over one step (CUDA only: CPU has no allocator
+statistics, and sampling resident memory missed short-lived blocks); ``train_saved_mb`` is what
+autograd keeps for the backward pass (activations, not parameters), exact on any device: it is where
+an attention bias or rotation tables add their cost.
 """
 import argparse
-import ctypes
-import gc
-import os
 import re
 import statistics
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -59,57 +56,32 @@ def median_step_ms(step: Callable[[], None], warmup: int, iters: int, device: to
     return 1e3 * statistics.median(times)
 
 
-def _resident_bytes() -> int:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-
-
-def _set_malloc_release(enabled: bool) -> None:
-    """Large blocks mmap'd and unmapped on free (enabled), or back to where glibc's dynamic thresholds
-    settle once big tensors have been freed (32 MB mmap, 64 MB trim), so later timings are unaffected."""
-    try:
-        libc = ctypes.CDLL('libc.so.6')
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 64 * 1024 if enabled else 32 * 2 ** 20)
-    libc.mallopt(m_trim_threshold, 128 * 1024 if enabled else 64 * 2 ** 20)
-
-
-def peak_memory_mb(step: Callable[[], None], device: torch.device) -> Optional[float]:
-    """Peak memory one ``step`` adds on top of what is allocated before it (None where unmeasurable)."""
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-    if not os.path.exists('/proc/self/statm'):
+def cuda_peak_memory_mb(step: Callable[[], None], device: torch.device) -> Optional[float]:
+    """Peak CUDA memory one ``step`` adds on top of what is allocated before it (None off CUDA)."""
+    if device.type != 'cuda':
         return None
-    _set_malloc_release(True)
-    try:
-        step()  # first step under the new malloc settings releases what the timed steps kept
-        gc.collect()  # so that no collection of earlier garbage shrinks memory during the measured step
-        base = _resident_bytes()
-        peak = [base]
-        done = threading.Event()
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
 
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], _resident_bytes())
-                time.sleep(2e-4)
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            step()
-        finally:
-            done.set()
-            sampler.join()
-        return max(0., peak[0] - base) / 2 ** 20
-    finally:
-        _set_malloc_release(False)
+def saved_for_backward_mb(model: nn.Module, forward: Callable[[], torch.Tensor]) -> float:
+    """MB of distinct tensor storage autograd saves for the backward of ``forward()``, parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(saved.values()) / 2 ** 20
 
 
 def num_tokens(model: nn.Module) -> Optional[int]:
@@ -132,7 +104,7 @@ def bench_one(model: nn.Module, img_size: int, batch_size: int, device: torch.de
 
     step_ms = median_step_ms(infer_step, warmup, iters, device)
     row.update(infer_samples_per_sec=round(1e3 * batch_size / step_ms, 2), infer_step_time=round(step_ms, 3),
-               infer_peak_mem_mb=_round(peak_memory_mb(infer_step, device)))
+               infer_peak_mem_mb=_round(cuda_peak_memory_mb(infer_step, device)))
     if train:
         model.train()
         targets = torch.randint(0, model.num_classes, (batch_size,), device=device)
@@ -144,10 +116,12 @@ def bench_one(model: nn.Module, img_size: int, batch_size: int, device: torch.de
             loss_fn(model(images), targets).backward()
             optimizer.step()
 
+        saved_mb = saved_for_backward_mb(model, lambda: loss_fn(model(images), targets))
+
         step_ms = median_step_ms(train_step, warmup, iters, device)
         row.update(train_img_size=img_size, train_batch_size=batch_size, train_tokens=row['infer_tokens'],
                    train_samples_per_sec=round(1e3 * batch_size / step_ms, 2), train_step_time=round(step_ms, 3),
-                   train_peak_mem_mb=_round(peak_memory_mb(train_step, device)))
+                   train_peak_mem_mb=_round(cuda_peak_memory_mb(train_step, device)), train_saved_mb=_round(saved_mb))
     return row
 
 
@@ -242,9 +216,11 @@ def run_bench(args: argparse.Namespace) -> int:
         if plot_bench(rows, args.output_dir / f'bench_{phase}.png', phase):
             print(f'wrote {args.output_dir / f"bench_{phase}.png"}')
     show = ['model', 'infer_img_size', 'infer_tokens', 'infer_samples_per_sec', 'infer_step_time',
-            'infer_peak_mem_mb', 'infer_samples_per_sec_vs_ape']
+            'infer_samples_per_sec_vs_ape']
+    if device.type == 'cuda':
+        show.insert(-1, 'infer_peak_mem_mb')
     if args.train:
-        show += ['train_samples_per_sec', 'train_peak_mem_mb', 'train_samples_per_sec_vs_ape']
+        show += ['train_samples_per_sec', 'train_saved_mb', 'train_samples_per_sec_vs_ape']
     widths = {k: max(len(k), *(len(str(r.get(k))) for r in rows)) for k in show}
     print('  '.join(k.rjust(widths[k]) for k in show))
     for row in rows:

@@ -304,7 +304,7 @@ def write_study_results(rows: List[Dict], results: Dict[str, Dict], recipe: Reci
     train_size = recipe.train_img_size
     text = [f'# Resolution study: top-1 (%) on Imagenette val ({num_val} images), trained at {train_size} px',
             '', accuracy_table(rows, 'top1', markdown=True), '',
-            '## Training time (2 shared CPU threads)', '',
+            '## Training time (wall clock of each run on a shared 2-core CPU)', '',
             '| variant | epochs | minutes | final train loss | params (M) |', '|---|---|---|---|---|']
     text += [f'| {t["variant"]} | {t["epochs"]} | {t["train_minutes"]} | {t["final_train_loss"]} | '
              f'{t["param_count"]} |' for t in times]

@@ -61,3 +61,12 @@ def test_grid_cache_is_bounded_and_reuses_entries():
         cache.get(key, lambda key=key: built.append(key) or key)
     assert built == ['a', 'b', 'c', 'b']  # 'b' was evicted when 'c' came in
     assert len(cache) == 2
+
+
+def test_tables_built_under_inference_mode_serve_training():
+    import timm
+    model = timm.create_model('vit_tiny_rope_mixed', depth=1, embed_dim=48, img_size=(48, 80))
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 48, 80))
+    model(torch.randn(1, 3, 48, 80)).sum().backward()
+    assert model.blocks[0].attn.pos_enc.freqs.grad is not None

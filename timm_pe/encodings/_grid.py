@@ -35,7 +35,8 @@ class GridCache:
         if key in self._tables:
             self._tables.move_to_end(key)
             return self._tables[key]
-        value = build()
+        with torch.inference_mode(False):  # a table first built during inference must serve training too
+            value = build()
         self._tables[key] = value
         if len(self._tables) > self.max_entries:
             self._tables.popitem(last=False)

@@ -5,7 +5,7 @@ dependencies = ['torch', 'timm', 'huggingface_hub', 'safetensors']
 
 import timm as _timm
 
-from timm_pe.hub import registered_models as _registered_models  # importing timm_pe registers its models
+from timm_pe.publish import registered_models as _registered_models  # importing timm_pe registers its models
 
 
 def _hub_entrypoint(name: str):

@@ -1,6 +1,6 @@
 """Regenerate the committed model cards, one per registered pretrained tag: ``python model_cards/generate.py``.
 
-Each card is rendered from TEMPLATE.md by ``timm_pe.hub.render_card`` on a meta-device model (no weights
+Each card is rendered from the package template by ``timm_pe.publish.render_card`` on a meta-device model (no weights
 needed); the metrics are the published numbers in reported_top1.csv until measured ones replace them.
 """
 import sys
@@ -12,7 +12,7 @@ import timm
 CARDS = Path(__file__).resolve().parent
 sys.path.insert(0, str(CARDS.parent))
 
-from timm_pe.hub import read_metrics, registered_models, render_card  # noqa: E402
+from timm_pe.publish import read_metrics, registered_models, render_card  # noqa: E402
 from timm_pe.models._pretrained import HUB_ORG  # noqa: E402
 
 
@@ -22,7 +22,7 @@ def card_text(name: str) -> str:
     hub_id = model.pretrained_cfg['hf_hub_id']
     repo_id = hub_id if hub_id.startswith(f'{HUB_ORG}/') else None
     metrics = [r for r in read_metrics(CARDS / 'reported_top1.csv') if r['model'] == name]
-    return render_card(model, name, repo_id, metrics, template=CARDS / 'TEMPLATE.md')
+    return render_card(model, name, repo_id, metrics)
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from timm_pe.hub import registered_models
+from timm_pe.publish import registered_models
 from timm_pe.models.swin import PeSwinTransformer
 from timm_pe.models.vit import PeVisionTransformer
 

@@ -2,14 +2,13 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-from timm.layers import resize_rel_pos_bias_table
 from timm.models import group_parameters
 
 import timm_pe  # noqa: F401  (registers the models)
-from timm_pe.encodings import relative_position_index
-from timm_pe.models.swin import ENCODINGS, SIZES, checkpoint_filter_fn
+from timm_pe.layers import relative_position_index, resize_rpb_table
+from timm_pe.models.swin import ATTN_POS, SIZES, checkpoint_filter_fn
 
-ALL_SWINS = [f'swin_{size}_{enc}' for size in SIZES for enc in ENCODINGS]
+ALL_SWINS = [f'swin_{size}_{enc}' for size in SIZES for enc in ATTN_POS]
 # Swin-T layout at a test-friendly width: head dims 16, 16, 32, 32; two blocks per stage, so every stage but
 # the last (whose grid is one window at 224) has a shifted block.
 SMALL = dict(embed_dim=16, num_heads=(1, 2, 2, 4), depths=(2, 2, 2, 2))
@@ -59,7 +58,7 @@ def test_every_variant_is_registered_and_swin_rope_is_tiny_rope_mixed():
     assert axial.theta == 50.
 
 
-@pytest.mark.parametrize('enc', ENCODINGS)
+@pytest.mark.parametrize("enc", ATTN_POS)
 def test_timm_model_contract(enc):
     model = small(f'swin_tiny_{enc}', drop_path_rate=.1)
     x = torch.randn(2, 3, 224, 224)
@@ -107,7 +106,7 @@ def test_features_only_gives_the_four_stage_maps_nhwc_like_timm():
     assert [f.shape for f in getter(image)] == [(1, 32, 28, 28), (1, 128, 7, 7)]
 
 
-@pytest.mark.parametrize('enc', ENCODINGS)
+@pytest.mark.parametrize("enc", ATTN_POS)
 def test_forward_backward_at_several_resolutions(enc):
     for size, window in [((224, 224), (7, 7)), ((96, 96), (3, 3)), ((160, 224), (5, 7))]:
         model = small(f'swin_tiny_{enc}', img_size=size, num_classes=5)
@@ -121,7 +120,7 @@ def test_forward_backward_at_several_resolutions(enc):
 def test_window_follows_the_image_size_unless_fixed():
     model = small('swin_tiny_rpb', img_size=384)
     assert windows(model) == [(12, 12)] * 4
-    assert model.layers[0].blocks[0].attn.relative_position_bias_table.shape == (23 * 23, 1)
+    assert model.layers[0].blocks[0].attn.pos_enc.relative_position_bias_table.shape == (23 * 23, 1)
 
     fixed = small('swin_tiny_rpb', img_size=448, window_size=7)
     assert windows(fixed) == [(7, 7)] * 4
@@ -141,7 +140,7 @@ def test_set_input_size_scales_or_fixes_the_windows(enc):
     assert windows(model) == [(7, 7)] * 4
     assert model(torch.randn(1, 3, 448, 448)).shape == (1, 1000)
     if enc == 'rpb':
-        assert model.layers[0].blocks[0].attn.relative_position_bias_table.shape == (13 * 13, 1)
+        assert model.layers[0].blocks[0].attn.pos_enc.relative_position_bias_table.shape == (13 * 13, 1)
 
 
 @torch.no_grad()
@@ -162,7 +161,7 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(TypeError):
         small('swin_tiny_rope_axial', not_an_option=3)
     for enc in ['rpb', 'alibi2d']:
-        with pytest.raises(TypeError, match='only apply to RoPE models'):
+        with pytest.raises(TypeError, match='do not apply to'):
             small(f'swin_tiny_{enc}', rope_fraction=.5)
     with pytest.raises(ValueError, match='rope_scaling'):
         small('swin_tiny_rope_mixed', rope_scaling='linear')
@@ -174,12 +173,12 @@ def test_bad_arguments_raise_clear_errors():
         small('swin_tiny_rope_axial', img_size=384, window_size=7)
 
     model = small('swin_tiny_rpb')
-    table = model.layers[0].blocks[0].attn.relative_position_bias_table.clone()
+    table = model.layers[0].blocks[0].attn.pos_enc.relative_position_bias_table.clone()
     for kwargs, message in [(dict(img_size=200), 'not a multiple'), (dict(img_size=384, window_size=7), 'do not tile')]:
         with pytest.raises(ValueError, match=message):
             model.set_input_size(**kwargs)
     assert model.patch_embed.img_size == (224, 224) and windows(model) == [(7, 7)] * 4
-    torch.testing.assert_close(model.layers[0].blocks[0].attn.relative_position_bias_table, table)
+    torch.testing.assert_close(model.layers[0].blocks[0].attn.pos_enc.relative_position_bias_table, table)
 
 
 def test_rope_options():
@@ -253,7 +252,7 @@ def test_shift_masks_are_timms(enc, sdpa_calls):
     assert len(sdpa_calls) == len(blocks)
     for (_, _, mask), blk in zip(sdpa_calls, blocks):
         if enc == 'rpb':
-            mask = mask - blk.attn.relative_position_bias(mask)
+            mask = mask - blk.attn.pos_enc.bias(blk.attn.window_size, 0, mask.device)
         if blk.attn_mask is None:
             assert mask is None if enc != 'rpb' else not mask.any()
         else:
@@ -285,6 +284,11 @@ def test_timm_swin_tiny_weights_give_identical_logits():
         ref.set_input_size(img_size=(256, 192))
         model.set_input_size(img_size=(256, 192))
         assert windows(model) == [(8, 6)] * 4
+        # the tables are resized bicubically, as Swin's own repository does (timm interpolates on a geometric
+        # grid); given the same tables, the non-square windows must give timm's logits
+        for ref_stage, stage in zip(ref.layers, model.layers):
+            for ref_block, block in zip(ref_stage.blocks, stage.blocks):
+                ref_block.attn.relative_position_bias_table.copy_(block.attn.pos_enc.relative_position_bias_table)
         x = torch.randn(1, 3, 256, 192, dtype=torch.float64)
         expected = ref(x)
         assert (expected - model(x)).abs().max() < 1e-8
@@ -303,8 +307,8 @@ def test_pretrained_224_checkpoint_loads_at_384(tmp_path):
     save_file({k: v.contiguous() for k, v in state_dict.items()}, path)
     model = small('swin_tiny_rpb', pretrained=True, img_size=384, pretrained_cfg_overlay=dict(file=str(path)))
     source = trained.layers[1].blocks[0].attn.relative_position_bias_table
-    expected = resize_rel_pos_bias_table(source, new_window_size=(12, 12), new_bias_shape=(23 * 23, 2))
-    torch.testing.assert_close(model.layers[1].blocks[0].attn.relative_position_bias_table, expected)
+    expected = resize_rpb_table(source, (7, 7), (12, 12))
+    torch.testing.assert_close(model.layers[1].blocks[0].attn.pos_enc.relative_position_bias_table, expected)
     torch.testing.assert_close(model.layers[1].blocks[0].attn.qkv.weight, trained.layers[1].blocks[0].attn.qkv.weight)
     assert model(torch.randn(1, 3, 384, 384)).shape == (1, 1000)
     with pytest.raises(ValueError, match='relative position bias tables'):

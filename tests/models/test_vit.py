@@ -4,9 +4,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import timm_pe  # noqa: F401  (registers the models)
-from timm_pe.models.vit import ENCODINGS, SIZES, checkpoint_filter_fn, convert_timm_rope_vit
+from timm_pe.models.vit import VARIANTS, SIZES, checkpoint_filter_fn, convert_timm_rope_vit
 
-ALL_VITS = [f'vit_{size}_{enc}' for size in SIZES for enc in ENCODINGS]
+ALL_VITS = [f'vit_{size}_{enc}' for size in SIZES for enc in VARIANTS]
 ROPE_VITS = [name for name in ALL_VITS if 'rope' in name]
 
 
@@ -92,7 +92,7 @@ def test_set_input_size(name):
     if name.endswith('ape'):
         assert model.pos_embed.shape[1] == 6 * 10
     if name.endswith('rpb'):
-        assert model.blocks[0].attn.pos_enc.table.shape[0] == 11 * 19
+        assert model.blocks[0].attn.pos_enc.relative_position_bias_table.shape[0] == 11 * 19
 
 
 def test_rope_fraction_is_honoured():
@@ -103,7 +103,7 @@ def test_rope_fraction_is_honoured():
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(TypeError):
         timm.create_model('vit_tiny_ape', depth=1, not_an_option=3)
-    with pytest.raises(TypeError, match='only apply to RoPE models'):
+    with pytest.raises(TypeError, match='do not apply to'):
         timm.create_model('vit_tiny_alibi2d', depth=1, rope_fraction=.5)
     with pytest.raises(ValueError, match='not a multiple of the patch size'):
         timm.create_model('vit_tiny_ape', depth=1, img_size=100)

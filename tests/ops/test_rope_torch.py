@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from timm_pe.ops import apply_rope
-from timm_pe.ops.rope_torch import rope_qkv_reference
+from reference import rope_qkv_reference
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16])

@@ -27,7 +27,7 @@ import torch
 import timm_pe
 from timm_pe.ops import apply_rope
 from timm_pe.ops import rope_torch
-from timm_pe.ops.rope_torch import rope_qkv_reference
+from reference import rope_qkv_reference
 
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'

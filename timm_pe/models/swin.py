@@ -14,22 +14,20 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import resize_rel_pos_bias_table, to_2tuple, trunc_normal_
+from timm.layers import to_2tuple
 from timm.models import generate_default_cfgs
 from timm.models import swin_transformer as timm_swin
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
-from ..attention import PositionalAttention
-from ..encodings import check_rope_args, create_encoding
-from ..encodings.rpb import cached_relative_position_index
-from ._factory import build_model, register_variant
+from ..layers import (ENCODINGS, OPTION_NAMES, PositionalAttention, RelativePositionBias, create_encoding,
+                      is_rotary, resize_rpb_table, resolve_options, table_grid)
+from ._builder import build_model, register_variant
 from ._pretrained import SWIN_IN1K, pretrained_cfgs
 
 __all__ = ['PeSwinTransformer', 'SwinWindowAttention', 'checkpoint_filter_fn', 'stage_windows']
 
-ATTN_POS = ('rpb', 'rope_axial', 'rope_mixed', 'alibi2d')
-ROPE_THETA = {'rope_axial': 50., 'rope_mixed': 10.}
+ATTN_POS = tuple(name for name, e in ENCODINGS.items() if 'swin' in e.families)
 
 Size = Tuple[int, int]
 
@@ -69,9 +67,9 @@ def stage_windows(
 class SwinWindowAttention(PositionalAttention):
     """PositionalAttention over the windows of timm's Swin blocks, with timm's ``WindowAttention`` interface.
 
-    The window is the attention's grid, so rotary and ALiBi encodings see window-local coordinates. The
-    relative position bias keeps timm's parameter name and layout (``relative_position_bias_table``, index
-    (dy + Wh-1)(2Ww-1) + dx + Ww-1) so timm's Swin checkpoints load unchanged.
+    The window is the attention's grid, so every encoding sees window-local coordinates. The relative
+    position bias has timm's layout (index (dy + Wh-1)(2Ww-1) + dx + Ww-1); a state dict with timm's key
+    (``attn.relative_position_bias_table``) loads into ``attn.pos_enc`` unchanged.
     """
 
     def __init__(
@@ -82,43 +80,21 @@ class SwinWindowAttention(PositionalAttention):
             qkv_bias: bool = True,
             attn_drop: float = 0.,
             proj_drop: float = 0.,
-            rpb: bool = False,
+            pos_enc: Optional[nn.Module] = None,
             device=None,
             dtype=None,
     ):
         super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
-                         device=device, dtype=dtype)
+                         pos_enc=pos_enc, device=device, dtype=dtype)
         self.window_size = to_2tuple(window_size)
-        if rpb:
-            win_h, win_w = self.window_size
-            self.relative_position_bias_table = nn.Parameter(
-                torch.empty((2 * win_h - 1) * (2 * win_w - 1), num_heads, device=device, dtype=dtype))
-        else:
-            self.register_parameter('relative_position_bias_table', None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        if self.relative_position_bias_table is not None:
-            trunc_normal_(self.relative_position_bias_table, std=.02)
+        self.register_load_state_dict_pre_hook(_load_timm_rpb_key)
 
     def set_window_size(self, window_size: Union[int, Size]) -> None:
-        """Called by timm's block on a resize: the RPB table is resampled exactly as timm does; rotary and
-        ALiBi encodings need nothing."""
+        """Called by timm's block on a resize: an RPB table is resampled; other encodings need nothing."""
         window_size = to_2tuple(window_size)
-        table = self.relative_position_bias_table
-        if window_size != self.window_size and table is not None:
-            with torch.no_grad():
-                shape = ((2 * window_size[0] - 1) * (2 * window_size[1] - 1), self.num_heads)
-                resized = resize_rel_pos_bias_table(
-                    table, new_window_size=window_size, new_bias_shape=shape, old_window_size=self.window_size)
-            self.relative_position_bias_table = nn.Parameter(resized, requires_grad=table.requires_grad)
+        if isinstance(self.pos_enc, RelativePositionBias):
+            self.pos_enc.set_grid(window_size)
         self.window_size = window_size
-
-    def relative_position_bias(self, like: torch.Tensor) -> torch.Tensor:
-        """(heads, N, N) bias gathered from the table for the current window."""
-        n = self.window_size[0] * self.window_size[1]
-        index = cached_relative_position_index(like, self.window_size)
-        return self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (B * num_windows, N, C) window tokens in raster order; mask: timm's (num_windows, N, N) shift
@@ -127,10 +103,13 @@ class SwinWindowAttention(PositionalAttention):
         if mask is not None:
             # windows are batch-major: window w of image b is row b * num_windows + w
             attn_mask = mask.repeat(x.shape[0] // mask.shape[0], 1, 1).unsqueeze(1)
-        if self.relative_position_bias_table is not None:
-            bias = self.relative_position_bias(x)
-            attn_mask = bias if attn_mask is None else bias + attn_mask
         return super().forward(x, self.window_size, attn_mask)
+
+
+def _load_timm_rpb_key(module, state_dict, prefix, *args) -> None:
+    timm_key = prefix + 'relative_position_bias_table'
+    if timm_key in state_dict:
+        state_dict[prefix + 'pos_enc.relative_position_bias_table'] = state_dict.pop(timm_key)
 
 
 class PeSwinTransformer(SwinTransformer):
@@ -141,28 +120,24 @@ class PeSwinTransformer(SwinTransformer):
             attn_pos: str = 'rpb',
             img_size: Union[int, Size] = 224,
             window_size: Optional[Union[int, Size, Sequence[Union[int, Size]]]] = None,
-            rope_theta: Optional[float] = None,
-            rope_fraction: Optional[float] = None,
-            rope_scaling: Optional[str] = None,
             rope_train_img_size: Optional[Union[int, Size]] = None,
             **kwargs,
     ):
         """
         Args:
-            attn_pos: 'rpb', 'rope_axial', 'rope_mixed' or 'alibi2d'.
+            attn_pos: an encoding of the registry (``timm_pe.layers.ENCODINGS``) made for Swin windows.
             img_size: input image size; sides must be multiples of 32 (patch 4, three patch mergings).
             window_size: an int or (h, w) for all stages, or one per stage; default image size / 32.
-            rope_theta: RoPE base (default 50 axial, 10 mixed).
-            rope_fraction: fraction of each head's dims that is rotated (partial RoPE), default 1.
-            rope_scaling: test-time resolution hook: 'none', 'interp' or 'ntk' (see RopeAxial).
-            rope_train_img_size: the image size the model was trained at; its windows are the training
+            rope_train_img_size: the image size a RoPE model was trained at; its windows are the training
                 grids of 'interp' and 'ntk' (default: the windows built here).
-            **kwargs: timm SwinTransformer arguments.
+            **kwargs: the options of ``attn_pos`` (e.g. ``rope_theta``, ``rope_fraction``, ``rope_scaling``;
+                see the registry), then timm SwinTransformer arguments.
         """
         if attn_pos not in ATTN_POS:
             raise ValueError(f'Unknown attn_pos {attn_pos!r}; allowed: {ATTN_POS}')
-        check_rope_args(attn_pos, rope_theta=rope_theta, rope_fraction=rope_fraction, rope_scaling=rope_scaling,
-                        rope_train_img_size=rope_train_img_size)
+        options = resolve_options(attn_pos, 'swin', {k: kwargs.pop(k, None) for k in OPTION_NAMES})
+        if rope_train_img_size is not None and not is_rotary(attn_pos):
+            raise TypeError(f'rope_train_img_size only applies to RoPE models, not attn_pos={attn_pos!r}')
         img_size = to_2tuple(img_size)
         patch_size = kwargs.get('patch_size', 4)
         num_stages = len(kwargs.get('depths', (2, 2, 6, 2)))
@@ -186,18 +161,15 @@ class PeSwinTransformer(SwinTransformer):
                 if timm_attn.qkv.out_features != 3 * timm_attn.dim:
                     raise ValueError('head_dim must be dim // num_heads for position-encoding Swin models')
                 weight = timm_attn.qkv.weight
-                attn = SwinWindowAttention(
+                train_grid = train_windows[stage_index] if train_windows else block.window_size
+                head_dim = timm_attn.dim // timm_attn.num_heads
+                pos_enc = create_encoding(attn_pos, head_dim, timm_attn.num_heads, block.window_size, train_grid,
+                                          **options)
+                block.attn = SwinWindowAttention(
                     timm_attn.dim, timm_attn.num_heads, block.window_size,
                     qkv_bias=timm_attn.qkv.bias is not None, attn_drop=timm_attn.attn_drop.p,
-                    proj_drop=timm_attn.proj_drop.p, rpb=attn_pos == 'rpb', device=weight.device, dtype=weight.dtype)
-                train_grid = train_windows[stage_index] if train_windows else block.window_size
-                # RPB lives in the attention itself, under timm's parameter name
-                pos_enc = None if attn_pos == 'rpb' else create_encoding(
-                    attn_pos, attn.head_dim, attn.num_heads, block.window_size,
-                    rope_theta=rope_theta or ROPE_THETA.get(attn_pos), rope_fraction=rope_fraction,
-                    rope_scaling=rope_scaling, train_grid=train_grid)
-                attn.set_position_encoding(pos_enc.to(weight.device) if pos_enc is not None else None)
-                block.attn = attn
+                    proj_drop=timm_attn.proj_drop.p, pos_enc=pos_enc.to(weight.device),
+                    device=weight.device, dtype=weight.dtype)
 
         self.weight_init_mode = 'reset' if weight_init == 'skip' else weight_init
         if weight_init != 'skip':
@@ -281,17 +253,22 @@ class PeSwinTransformer(SwinTransformer):
 
 
 def checkpoint_filter_fn(state_dict, model: PeSwinTransformer):
-    """timm's Swin filter: drops the rebuilt buffers (relative_position_index, attn_mask), resamples RPB
-    tables to the model's windows (from square ones, as timm) and the patch embedding, and maps Microsoft's
-    original layout. RPB tables offered to a model without RPB are refused rather than dropped."""
+    """timm's Swin filter (drops the rebuilt buffers, resamples the patch embedding, maps Microsoft's original
+    layout), with RPB tables moved to ``attn.pos_enc`` and resized to the model's windows by our resizer.
+    RPB tables offered to a model without RPB are refused rather than dropped."""
     state_dict = state_dict.get('model', state_dict)
     state_dict = state_dict.get('state_dict', state_dict)
-    if model.attn_pos != 'rpb':
-        tables = [k for k in state_dict if k.endswith('relative_position_bias_table')]
-        if tables:
-            raise ValueError(f'The checkpoint has relative position bias tables ({tables[0]}, ...), which a '
-                             f'{model.attn_pos} Swin has no place for; load it into an rpb model')
-    return timm_swin.checkpoint_filter_fn(state_dict, model)
+    tables = {k: v for k, v in state_dict.items() if k.endswith('relative_position_bias_table')}
+    if tables and model.attn_pos != 'rpb':
+        raise ValueError(f'The checkpoint has relative position bias tables ({next(iter(tables))}, ...), which a '
+                         f'{model.attn_pos} Swin has no place for; load it into an rpb model')
+    out = timm_swin.checkpoint_filter_fn({k: v for k, v in state_dict.items() if k not in tables}, model)
+    for key, table in tables.items():
+        attn_key = key[:-len('relative_position_bias_table')].removesuffix('pos_enc.')
+        rpb = model.get_submodule(attn_key + 'pos_enc')
+        out[attn_key + 'pos_enc.relative_position_bias_table'] = resize_rpb_table(
+            table, table_grid(table.shape[0], rpb.grid, key), rpb.grid)
+    return out
 
 
 def _cfg(**kwargs):
@@ -318,11 +295,10 @@ SIZES = {
     'small': dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
     'base': dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
 }
-ENCODINGS = ATTN_POS
 
 default_cfgs = generate_default_cfgs({
     name: cfg
-    for size in SIZES for enc in ENCODINGS
+    for size in SIZES for enc in ATTN_POS
     for name, cfg in pretrained_cfgs(f'swin_{size}_{enc}', _cfg(), in1k=SWIN_IN1K.get(f'swin_{size}_{enc}')).items()
 })
 
@@ -337,7 +313,7 @@ def _create_swin(variant: str, pretrained: bool = False, **kwargs) -> PeSwinTran
 
 
 for _size in SIZES:
-    for _encoding in ENCODINGS:
+    for _encoding in ATTN_POS:
         register_variant(f'swin_{_size}_{_encoding}', _create_swin,
                          dict(patch_size=4, attn_pos=_encoding, **SIZES[_size]),
                          f'Swin-{_size[0].upper()}, window = image size / 32, position encoding: {_encoding}.')

@@ -2,7 +2,8 @@
 ``PositionalAttention`` in every block and the encoding chosen by two arguments.
 
 ``abs_pos``: 'learn' (APE), 'sincos' or 'none' (added to the patch tokens).
-``attn_pos``: None, 'rope_axial', 'rope_mixed', 'alibi2d' or 'rpb' (inside attention).
+``attn_pos``: None or an attention encoding of the registry (``timm_pe.layers.ENCODINGS``: RoPE, ALiBi, RPB...).
+One model is registered per size and encoding of the registry (plus RoPE with APE).
 """
 import math
 from typing import Dict, List, Optional, Tuple, Union
@@ -16,16 +17,14 @@ from timm.models._manipulate import checkpoint
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from ..attention import PositionalAttention
-from ..encodings import RelativePositionBias, check_rope_args, create_encoding, resize_rpb_table, sincos_2d_embed
-from ._factory import build_model, register_variant
+from ..layers import (ENCODINGS, OPTION_NAMES, PositionalAttention, RelativePositionBias, create_encoding,
+                      get_encoding, is_rotary, resize_rpb_table, resolve_options, sincos_2d_embed, table_grid)
+from ._builder import build_model, register_variant
 from ._pretrained import VIT_IN1K, pretrained_cfgs
 
 __all__ = ['PeVisionTransformer', 'checkpoint_filter_fn', 'convert_timm_rope_vit']
 
 ABS_POS = ('learn', 'sincos', 'none')
-ATTN_POS = (None, 'rope_axial', 'rope_mixed', 'alibi2d', 'rpb')
-ROPE_THETA = {'rope_axial': 100., 'rope_mixed': 10.}
 
 
 def check_img_size(img_size, patch_size) -> Tuple[int, int]:
@@ -54,29 +53,26 @@ class PeVisionTransformer(VisionTransformer):
             self,
             abs_pos: str = 'learn',
             attn_pos: Optional[str] = None,
-            rope_theta: Optional[float] = None,
-            rope_fraction: Optional[float] = None,
-            rope_scaling: Optional[str] = None,
             rope_train_img_size: Optional[Union[int, Tuple[int, int]]] = None,
             **kwargs,
     ):
         """
         Args:
             abs_pos: absolute embedding added to the patch tokens: 'learn', 'sincos' or 'none'.
-            attn_pos: encoding inside attention: None, 'rope_axial', 'rope_mixed', 'alibi2d' or 'rpb'.
-            rope_theta: RoPE base (default 100 axial, 10 mixed).
-            rope_fraction: fraction of each head's dims that is rotated (partial RoPE), default 1.
-            rope_scaling: test-time resolution hook: 'none' (integer positions), 'interp' (positions
-                squeezed onto the training grid) or 'ntk' (frequency scaling).
-            rope_train_img_size: the image size the model was trained at, for 'interp' and 'ntk'.
-            **kwargs: timm VisionTransformer arguments.
+            attn_pos: encoding inside attention: None or a name in ``timm_pe.layers.ENCODINGS`` whose kind
+                is 'rotary' or 'bias'.
+            rope_train_img_size: the image size a RoPE model was trained at, which 'interp' and 'ntk'
+                ``rope_scaling`` refer to (default: ``img_size``).
+            **kwargs: the options of ``attn_pos`` (e.g. ``rope_theta``, ``rope_fraction``, ``rope_scaling``;
+                see the registry), then timm VisionTransformer arguments.
         """
         if abs_pos not in ABS_POS:
             raise ValueError(f'Unknown abs_pos {abs_pos!r}; allowed: {ABS_POS}')
-        if attn_pos not in ATTN_POS:
-            raise ValueError(f'Unknown attn_pos {attn_pos!r}; allowed: {ATTN_POS}')
-        check_rope_args(attn_pos, rope_theta=rope_theta, rope_fraction=rope_fraction, rope_scaling=rope_scaling,
-                        rope_train_img_size=rope_train_img_size)
+        if attn_pos is not None and get_encoding(attn_pos).kind == 'absolute':
+            raise ValueError(f'attn_pos={attn_pos!r} is an absolute encoding; use abs_pos')
+        options = resolve_options(attn_pos, 'vit', {k: kwargs.pop(k, None) for k in OPTION_NAMES})
+        if rope_train_img_size is not None and not is_rotary(attn_pos):
+            raise TypeError(f'rope_train_img_size only applies to RoPE models, not attn_pos={attn_pos!r}')
         if attn_pos is not None and kwargs.get('patch_drop_rate', 0.):
             raise ValueError('patch_drop_rate would drop tokens whose grid positions attention relies on')
         patch_size = to_2tuple(kwargs.get('patch_size', 16))
@@ -91,11 +87,10 @@ class PeVisionTransformer(VisionTransformer):
         self.attn_pos = attn_pos
         num_heads = self.blocks[0].attn.num_heads
         train_size = check_img_size(rope_train_img_size or kwargs['img_size'], patch_size)
+        train_grid = (train_size[0] // patch_size[0], train_size[1] // patch_size[1])
         for blk in self.blocks:
-            enc = create_encoding(
-                attn_pos, self.embed_dim // num_heads, num_heads, self.patch_embed.grid_size,
-                rope_theta=rope_theta or ROPE_THETA.get(attn_pos), rope_fraction=rope_fraction,
-                rope_scaling=rope_scaling, train_grid=(train_size[0] // patch_size[0], train_size[1] // patch_size[1]))
+            enc = create_encoding(attn_pos, self.embed_dim // num_heads, num_heads, self.patch_embed.grid_size,
+                                  train_grid, **options)
             blk.attn.set_position_encoding(enc, self.num_prefix_tokens)
 
     @torch.jit.ignore
@@ -123,7 +118,7 @@ class PeVisionTransformer(VisionTransformer):
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.abs_pos == 'sincos':
             grid = x.shape[1:3] if self.dynamic_img_size else self.patch_embed.grid_size
-            x = x + sincos_2d_embed(x, grid, self.embed_dim).to(x.dtype).view(x.shape[1:])
+            x = x + sincos_2d_embed(grid, self.embed_dim, x.device).to(x.dtype).view(x.shape[1:])
         return super()._pos_embed(x)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,7 +208,7 @@ def convert_timm_rope_vit(state_dict: Dict[str, torch.Tensor], model: PeVisionTr
     RoPE-Mixed frequencies are split per layer, and q/k rows move from interleaved to rotate-half pairs.
     """
     num_heads = model.blocks[0].attn.num_heads
-    rot_dims = {enc.rot_dim for enc in (blk.attn.pos_enc for blk in model.blocks) if getattr(enc, 'is_rotary', False)}
+    rot_dims = {enc.rot_dim for enc in (blk.attn.pos_enc for blk in model.blocks) if getattr(enc, 'kind', None) == 'rotary'}
     head_dim = model.embed_dim // num_heads
     if rot_dims and rot_dims != {head_dim}:
         raise ValueError(f'rope-vit checkpoints rotate whole heads ({head_dim} dims); this model rotates '
@@ -243,15 +238,6 @@ def convert_timm_rope_vit(state_dict: Dict[str, torch.Tensor], model: PeVisionTr
     return out
 
 
-def square_rpb_grid(key: str, table: torch.Tensor) -> Tuple[int, int]:
-    """Grid of a checkpoint's RPB table, which is saved for a square training grid."""
-    side = math.isqrt(table.shape[0])
-    if side * side != table.shape[0] or side % 2 == 0:
-        raise ValueError(f'{key}: cannot infer the grid of a {tuple(table.shape)} RPB table; '
-                         f'only tables of square grids ((2G-1)^2 rows) can be resized')
-    return (side + 1) // 2, (side + 1) // 2
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PeVisionTransformer) -> Dict[str, torch.Tensor]:
     """Adapt a checkpoint to ``model``: convert timm rope-vit (Eva) weights, resample APE to the model
     grid, resize RPB tables. DeiT-III checkpoints need nothing more than the resampling."""
@@ -264,8 +250,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PeVisionTra
         if k == 'pos_embed' and model.pos_embed is not None and v.shape != model.pos_embed.shape:
             num_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
             v = resample_abs_pos_embed(v, new_size=grid, num_prefix_tokens=num_prefix, verbose=True)
-        elif k.endswith('pos_enc.table'):
-            v = resize_rpb_table(v, square_rpb_grid(k, v), grid)
+        elif k.endswith('pos_enc.relative_position_bias_table'):
+            v = resize_rpb_table(v, table_grid(v.shape[0], grid, k), grid)
         out[k] = v
     return out
 
@@ -293,38 +279,34 @@ SIZES = {
     'small': dict(embed_dim=384, num_heads=6),
     'base': dict(embed_dim=768, num_heads=12),
 }
-ENCODINGS = {
-    'ape': dict(abs_pos='learn'),
-    'nope': dict(abs_pos='none'),
-    'sincos': dict(abs_pos='sincos'),
-    'rope_axial': dict(abs_pos='none', attn_pos='rope_axial'),
-    'rope_mixed': dict(abs_pos='none', attn_pos='rope_mixed'),
-    'rope_axial_ape': dict(abs_pos='learn', attn_pos='rope_axial'),
-    'rope_mixed_ape': dict(abs_pos='learn', attn_pos='rope_mixed'),
-    'alibi2d': dict(abs_pos='none', attn_pos='alibi2d'),
-    'rpb': dict(abs_pos='none', attn_pos='rpb'),
+# variant suffix -> model args: each absolute encoding, none, each attention encoding, and RoPE with APE
+ABS_VARIANTS = {'ape': 'learn', 'sincos': 'sincos', 'nope': 'none'}
+VARIANTS = {
+    **{name: dict(abs_pos=abs_pos) for name, abs_pos in ABS_VARIANTS.items()},
+    **{name: dict(abs_pos='none', attn_pos=name) for name, e in ENCODINGS.items()
+       if e.kind != 'absolute' and 'vit' in e.families},
+    **{f'{name}_ape': dict(abs_pos='learn', attn_pos=name) for name, e in ENCODINGS.items()
+       if e.kind == 'rotary' and 'vit' in e.families},
 }
 DEIT3_ARGS = dict(patch_size=16, depth=12, mlp_ratio=4, qkv_bias=True, init_values=1e-5, class_token=True,
                   no_embed_class=True, global_pool='token')
-PAPER_IDS = {
-    'ape': ('arXiv:2010.11929', 'arXiv:2204.07118'),
-    'nope': 'arXiv:2010.11929',
-    'sincos': 'arXiv:2010.11929',
-    'rope_axial': 'arXiv:2403.13298',
-    'rope_mixed': 'arXiv:2403.13298',
-    'rope_axial_ape': 'arXiv:2403.13298',
-    'rope_mixed_ape': 'arXiv:2403.13298',
-    'alibi2d': ('arXiv:2311.00566', 'arXiv:2108.12409'),
-    'rpb': 'arXiv:2103.14030',
-}
+
+
+def variant_paper_ids(args: Dict) -> Tuple[str, ...]:
+    """Papers of the encodings a variant combines (ViT's own paper for no encoding)."""
+    names = [{'learn': 'ape', 'sincos': 'sincos'}.get(args['abs_pos']), args.get('attn_pos')]
+    ids = [i for name in names if name for i in ENCODINGS[name].paper_ids]
+    return tuple(dict.fromkeys(ids)) or ('arXiv:2010.11929',)
+
+
 # Trained with the ImageNet100 recipe (recipes/*.yaml).
 IN100_ARCHS = {f'vit_small_{enc}' for enc in ('ape', 'nope', 'rope_axial', 'rope_mixed', 'alibi2d', 'rpb')}
 
 default_cfgs = generate_default_cfgs({
     name: cfg
-    for size in SIZES for enc in ENCODINGS
+    for size in SIZES for enc in VARIANTS
     for name, cfg in pretrained_cfgs(
-        f'vit_{size}_{enc}', _cfg(paper_ids=PAPER_IDS[enc]),
+        f'vit_{size}_{enc}', _cfg(paper_ids=variant_paper_ids(VARIANTS[enc])),
         in1k=VIT_IN1K.get(f'vit_{size}_{enc}'), in100=f'vit_{size}_{enc}' in IN100_ARCHS).items()
 })
 
@@ -335,7 +317,7 @@ def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> PeVisionTra
 
 
 for _size in SIZES:
-    for _encoding in ENCODINGS:
+    for _encoding in VARIANTS:
         register_variant(
-            f'vit_{_size}_{_encoding}', _create_vit, dict(DEIT3_ARGS, **SIZES[_size], **ENCODINGS[_encoding]),
+            f'vit_{_size}_{_encoding}', _create_vit, dict(DEIT3_ARGS, **SIZES[_size], **VARIANTS[_encoding]),
             f'ViT-{_size[0].upper()}/16, DeiT-III blocks, position encoding: {_encoding}.')

@@ -1,4 +1,4 @@
 """Operators shared by every model: rotary embedding application."""
-from .rope import apply_rope
+from .apply_rope import apply_rope
 
 __all__ = ['apply_rope']

@@ -1,4 +1,4 @@
-"""Rotary embedding in plain PyTorch: the path CPU users run and the reference the kernel is tested against.
+"""Rotary embedding in plain PyTorch: the path for CPUs and wherever the Triton backend is not selected.
 
 Layout conventions shared by every backend:
 - ``qkv`` is the fused projection output viewed as (B, N, 3, heads, head_dim), any strides.
@@ -15,27 +15,6 @@ from torch.autograd.function import once_differentiable
 # Elements of the rotated region per eager step and intra-op thread: each thread's float32 temporaries
 # stay in its cache, and a many-core machine still splits every op across all its threads.
 _CHUNK = 1 << 17
-
-
-def rope_qkv_reference(
-        qkv: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        num_prefix_tokens: int = 0,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Slow, obviously correct rotation (float32 math, clone and assign); used by tests only."""
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    half = cos.shape[-1]
-
-    def rotate(x: torch.Tensor) -> torch.Tensor:
-        out = x.float().clone()
-        x1 = out[:, :, num_prefix_tokens:, :half].clone()
-        x2 = out[:, :, num_prefix_tokens:, half:2 * half].clone()
-        out[:, :, num_prefix_tokens:, :half] = x1 * cos - x2 * sin
-        out[:, :, num_prefix_tokens:, half:2 * half] = x2 * cos + x1 * sin
-        return out.to(x.dtype)
-
-    return rotate(q), rotate(k), v
 
 
 def _rotate_into(x: torch.Tensor, y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool) -> None:

@@ -1,0 +1,24 @@
+"""Shared test configuration. Where the Triton kernel tests run (see tests/ops/test_rope_triton.py): in this process when it has
+interpreted kernels or a GPU, otherwise in a child interpreter process. The tests that do not run
+here are deselected, not skipped, so a report never counts a kernel test that did not run."""
+import os
+
+import torch
+
+
+def kernels_run_here() -> bool:
+    if torch.cuda.is_available():
+        return True
+    if os.environ.get('TRITON_INTERPRET') != '1':
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+    from timm_pe.ops import rope_triton
+    return isinstance(rope_triton._rope_fwd_kernel, InterpretedFunction)
+
+
+def pytest_collection_modifyitems(config, items):
+    unwanted = 'kernel_runner' if kernels_run_here() else 'triton_kernel'
+    deselected = [item for item in items if item.get_closest_marker(unwanted)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker(unwanted)]

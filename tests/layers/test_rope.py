@@ -1,0 +1,122 @@
+import math
+
+import pytest
+import torch
+
+from timm_pe.layers.rope_axial import axial_frequencies
+from timm_pe.layers import RopeAxial, RopeMixed, init_mixed_frequencies, rope_rot_dim
+from timm_pe.ops import apply_rope
+
+CPU = torch.device('cpu')
+
+
+def rotated_scores(enc, grid, head_dim, num_heads=2, num_prefix_tokens=0):
+    """q.k scores when every token carries the same q and k vectors: only positions differ."""
+    torch.manual_seed(0)
+    n = grid[0] * grid[1] + num_prefix_tokens
+    qkv = torch.randn(1, 1, 3, num_heads, head_dim, dtype=torch.float64).float().expand(1, n, 3, num_heads, head_dim)
+    cos, sin = enc.tables(grid, CPU)
+    q, k, _ = apply_rope(qkv.contiguous(), cos, sin, num_prefix_tokens)
+    return q @ k.transpose(-1, -2)
+
+
+@pytest.mark.parametrize('make_enc', [
+    lambda: RopeAxial(16, theta=100.),
+    lambda: RopeMixed(16, num_heads=2, theta=10.),
+    lambda: RopeAxial(16, rope_fraction=.5),
+])
+def test_scores_depend_only_on_relative_offsets(make_enc):
+    grid = (4, 5)
+    scores = rotated_scores(make_enc(), grid, head_dim=16)[0]
+    ys, xs = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing='ij')
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    by_offset = {}
+    for i in range(len(xs)):
+        for j in range(len(xs)):
+            offset = (int(ys[i] - ys[j]), int(xs[i] - xs[j]))
+            ref = by_offset.setdefault(offset, scores[:, i, j])
+            torch.testing.assert_close(scores[:, i, j], ref, atol=1e-4, rtol=1e-4)
+    # and the score really changes with the offset
+    assert (by_offset[(0, 1)] - by_offset[(0, 0)]).abs().max() > 1e-2
+
+
+def test_rotation_preserves_norms():
+    qkv = torch.randn(2, 21, 3, 2, 16)
+    cos, sin = RopeMixed(16, 2).tables((4, 5), CPU)
+    q, k, _ = apply_rope(qkv, cos, sin, num_prefix_tokens=1)
+    torch.testing.assert_close(q.norm(dim=-1), qkv[:, :, 0].transpose(1, 2).norm(dim=-1))
+    torch.testing.assert_close(k.norm(dim=-1), qkv[:, :, 1].transpose(1, 2).norm(dim=-1))
+
+
+def test_partial_rope_leaves_other_dims_and_prefix_untouched():
+    enc = RopeAxial(32, rope_fraction=.25)
+    assert enc.rot_dim == 8
+    qkv = torch.randn(2, 13, 3, 2, 32)
+    q, k, v = apply_rope(qkv, *enc.tables((3, 4), CPU), num_prefix_tokens=1)
+    q_in = qkv[:, :, 0].transpose(1, 2)
+    assert torch.equal(q[..., 8:], q_in[..., 8:])
+    assert torch.equal(q[:, :, :1], q_in[:, :, :1])
+    assert not torch.allclose(q[:, :, 2:, :8], q_in[:, :, 2:, :8])
+    assert v.data_ptr() == qkv[:, :, 2].data_ptr()
+
+
+def test_axial_angles_follow_reference_formula():
+    enc = RopeAxial(16, theta=100.)
+    cos, sin = enc.tables((3, 5), CPU)
+    angles = torch.atan2(sin, cos)[0]
+    f = 100. ** (-4 * torch.arange(4) / 16)
+    token = 1 * 5 + 3  # y = 1, x = 3
+    expected = torch.cat([3 * f, 1 * f])
+    torch.testing.assert_close(angles[token], torch.atan2(expected.sin(), expected.cos()))
+
+
+def test_mixed_init_matches_reference_formula():
+    torch.manual_seed(0)
+    freqs = init_mixed_frequencies(num_heads=3, rot_dim=16, theta=10.)
+    assert freqs.shape == (2, 3, 8)
+    mag = 10. ** (-4 * torch.arange(4) / 16)
+    fx, fy = freqs
+    torch.testing.assert_close(torch.hypot(fx[:, :4], fy[:, :4]), mag.expand(3, 4))
+    angle = torch.atan2(fy[:, 0], fx[:, 0])
+    torch.testing.assert_close(torch.atan2(fy[:, 4], fx[:, 4]), torch.remainder(angle + math.pi / 2 + math.pi, 2 * math.pi) - math.pi)
+
+
+def test_mixed_tables_are_differentiable():
+    enc = RopeMixed(16, 2)
+    cos, sin = enc.tables((2, 3), CPU)
+    (cos.sum() + sin.sum()).backward()
+    assert enc.freqs.grad is not None and enc.freqs.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('fraction,expected', [(1., 64), (.5, 32), (.25, 16), (.01, 4), (.3, 20)])
+def test_rot_dim_rounding(fraction, expected):
+    assert rope_rot_dim(64, fraction) == expected
+
+
+def test_bad_rope_options_are_rejected():
+    with pytest.raises(ValueError, match='rope_fraction'):
+        rope_rot_dim(64, 0.)
+    with pytest.raises(ValueError, match="allowed"):
+        RopeAxial(16, rope_scaling='yarn')
+
+
+def test_interp_squeezes_positions_onto_training_grid():
+    train = RopeAxial(16, rope_scaling='interp', train_grid=(4, 4))
+    cos, sin = train.tables((8, 8), CPU)
+    plain = RopeAxial(16)
+    angles = torch.atan2(sin, cos)[0]
+    # token (y=2, x=6) on the 8x8 grid sits at (1, 3) of the 4x4 training grid
+    ref_cos, ref_sin = plain.tables((4, 4), CPU)
+    torch.testing.assert_close(angles[2 * 8 + 6], torch.atan2(ref_sin, ref_cos)[0, 1 * 4 + 3])
+    # at the training grid it is a no-op
+    torch.testing.assert_close(train.tables((4, 4), CPU)[0], ref_cos)
+
+
+def test_ntk_slows_the_slowest_band_by_the_growth_factor():
+    enc = RopeAxial(16, rope_scaling='ntk', train_grid=(4, 4))
+    cos, sin = enc.tables((8, 8), CPU)
+    angles = torch.atan2(sin, cos)[0]
+    f = axial_frequencies(enc.rot_dim, enc.theta)
+    x1 = 1  # token 1 is at x = 1
+    torch.testing.assert_close(angles[x1, 0], f[0])
+    torch.testing.assert_close(angles[x1, 3], f[3] / 2)

@@ -1,0 +1,66 @@
+"""timm-pe bench: CSV rows in timm benchmark.py's columns, the ratio to the APE baseline, the plots."""
+import csv
+import importlib.util
+
+import pytest
+import torch
+
+import timm
+import timm_pe  # noqa: F401
+from timm_pe.tools.bench import ape_baseline, saved_for_backward_mb
+from timm_pe.tools.cli import main
+
+
+def test_ape_baseline():
+    assert ape_baseline('vit_small_rope_mixed') == 'vit_small_ape'
+    assert ape_baseline('vit_tiny_ape') == 'vit_tiny_ape'
+    assert ape_baseline('resnet50') is None
+
+
+def test_bench_cli_rows_and_ratio(tmp_path):
+    out = tmp_path / 'bench'
+    assert main(['bench', 'vit_tiny_rope_axial', 'vit_tiny_alibi2d', '--sizes', '32,64', '--train',
+                 '--model-kwargs', 'depth=1', 'embed_dim=32', 'num_heads=2', 'patch_size=16',
+                 '--batch-size', '2', '--warmup', '0', '--iters', '1', '--threads', '1',
+                 '--output-dir', str(out)]) == 0
+    with open(out / 'bench.csv') as f:
+        reader = csv.DictReader(f)
+        columns, rows = reader.fieldnames, list(reader)
+    for column in ('model', 'infer_samples_per_sec', 'infer_step_time', 'infer_batch_size', 'infer_img_size',
+                   'param_count', 'train_samples_per_sec', 'train_step_time', 'train_batch_size', 'train_img_size',
+                   'infer_tokens', 'train_saved_mb', 'infer_samples_per_sec_vs_ape', 'train_samples_per_sec_vs_ape'):
+        assert column in columns
+    # the APE baseline is added and comes first
+    assert [(r['model'], r['infer_img_size']) for r in rows] == [
+        (m, s) for m in ('vit_tiny_ape', 'vit_tiny_rope_axial', 'vit_tiny_alibi2d') for s in ('32', '64')]
+    by_key = {(r['model'], r['infer_img_size']): r for r in rows}
+    for row in rows:
+        assert int(row['infer_tokens']) == (int(row['infer_img_size']) // 16) ** 2 + 1
+        assert float(row['infer_samples_per_sec']) > 0 and float(row['train_samples_per_sec']) > 0
+        ape = by_key['vit_tiny_ape', row['infer_img_size']]
+        for phase in ('infer', 'train'):
+            expected = float(row[f'{phase}_samples_per_sec']) / float(ape[f'{phase}_samples_per_sec'])
+            assert float(row[f'{phase}_samples_per_sec_vs_ape']) == pytest.approx(expected, rel=1e-2, abs=2e-3)
+    assert {float(r['infer_samples_per_sec_vs_ape']) for r in rows if r['model'] == 'vit_tiny_ape'} == {1.}
+    if importlib.util.find_spec('matplotlib'):
+        assert (out / 'bench_infer.png').stat().st_size > 1000
+        assert (out / 'bench_train.png').stat().st_size > 1000
+
+
+def test_saved_for_backward_counts_activations_not_parameters():
+    layer = torch.nn.Linear(256, 256)
+    x = torch.randn(64, 256)
+    # linear + relu + sum save the input (64x256) and the relu output (64x256), float32; not the weight
+    saved = saved_for_backward_mb(layer, lambda: layer(x).relu().sum())
+    assert saved == pytest.approx(2 * 64 * 256 * 4 / 2 ** 20)
+
+
+def test_rpb_saves_more_for_backward_than_rope():
+    """The bias is one more (heads, N, N) tensor per layer that autograd keeps: the cost RoPE avoids."""
+    kwargs = dict(depth=1, embed_dim=64, num_heads=4, img_size=128)
+    x = torch.randn(2, 3, 128, 128)
+    saved = {}
+    for name in ('vit_tiny_rope_axial', 'vit_tiny_rpb'):
+        model = timm.create_model(name, **kwargs)
+        saved[name] = saved_for_backward_mb(model, lambda: model(x).sum())
+    assert saved['vit_tiny_rpb'] > saved['vit_tiny_rope_axial']

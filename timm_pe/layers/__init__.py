@@ -1,0 +1,17 @@
+"""Reusable pieces with no model code: the attention module, one module per position encoding, grid
+coordinates with the table cache, and the registry that knows every encoding.
+
+Rotary encodings (``kind = 'rotary'``) expose ``tables(grid, device) -> (cos, sin)``; bias encodings
+(``kind = 'bias'``) expose ``bias(grid, num_prefix_tokens, device) -> (heads, N, N)``. Absolute embeddings
+live in the model (timm's learned ``pos_embed``) or in ``sincos``.
+"""
+from .alibi2d import Alibi2d, alibi_slopes
+from .attention import PositionalAttention
+from .grid import TABLE_CACHE, TableCache, grid_coords, grid_table, grid_table_builder
+from .registry import (ATTENTION_ENCODINGS, ENCODINGS, OPTION_NAMES, Encoding, create_encoding, get_encoding,
+                       is_rotary, resolve_options)
+from .rope_axial import RopeAxial
+from .rope_mixed import RopeMixed, init_mixed_frequencies
+from .rotary import ROPE_SCALINGS, rope_rot_dim
+from .rpb import RelativePositionBias, relative_position_index, resize_rpb_table, table_grid
+from .sincos import sincos_2d_embed

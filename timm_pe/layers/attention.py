@@ -1,0 +1,83 @@
+"""The one attention module every model here uses."""
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..ops import apply_rope
+
+torch.fx.wrap('apply_rope')
+
+
+class PositionalAttention(nn.Module):
+    """Multi-head self-attention carrying one position encoding, always through SDPA.
+
+    Rotary encodings rotate q and k (prefix tokens excepted) on the way out of the fused qkv projection
+    and pass no mask, so the fused SDPA backends stay usable; bias encodings (ALiBi, RPB) go in as
+    ``attn_mask``. Parameter names match timm's ``Attention`` so timm checkpoints load unchanged, and the
+    constructor takes timm's ``Attention`` arguments so timm's blocks build it (``norm_layer`` only serves
+    ``qk_norm`` and ``scale_norm``, which are refused).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            qkv_bias: bool = False,
+            qk_norm: bool = False,
+            scale_norm: bool = False,
+            proj_bias: bool = True,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            norm_layer: Optional[nn.Module] = None,
+            pos_enc: Optional[nn.Module] = None,
+            num_prefix_tokens: int = 0,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        if qk_norm or scale_norm:
+            raise ValueError('PositionalAttention supports neither qk_norm nor scale_norm')
+        if dim % num_heads:
+            raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
+        dd = {'device': device, 'dtype': dtype}
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.set_position_encoding(pos_enc, num_prefix_tokens)
+
+    def set_position_encoding(self, pos_enc: Optional[nn.Module], num_prefix_tokens: int = 0) -> None:
+        """Attach the encoding (its ``kind`` tells rotary from bias) and the count of prefix tokens, which are
+        never rotated and get no bias."""
+        self.pos_enc = pos_enc
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            grid: Optional[Tuple[int, int]] = None,
+            attn_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """x: (B, N, C) with N = prefix + H*W tokens of the patch ``grid`` (H, W) in raster order."""
+        B, N, C = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
+        pos_enc = self.pos_enc
+        if pos_enc is not None and pos_enc.kind == 'rotary':
+            cos_sin = pos_enc.tables(grid, x.device)
+            q, k, v = apply_rope(qkv, cos_sin[0], cos_sin[1], self.num_prefix_tokens)
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            if pos_enc is not None:
+                bias = pos_enc.bias(grid, self.num_prefix_tokens, x.device).to(q.dtype)
+                attn_mask = bias if attn_mask is None else bias + attn_mask
+        x = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attn_mask,
+            dropout_p=self.attn_drop.p if self.training else 0.,
+        )
+        x = x.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))

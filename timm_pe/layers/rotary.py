@@ -1,0 +1,82 @@
+"""What every RoPE variant shares: rotated-dim rounding and the test-time resolution hooks (``rope_scaling``)."""
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from .grid import Grid, grid_coords
+
+ROPE_SCALINGS = ('none', 'interp', 'ntk')
+
+
+def rope_rot_dim(head_dim: int, fraction: float) -> int:
+    """Number of rotated dims for ``fraction`` of a head.
+
+    Rounded to a multiple of 4 (two rotation pairs): RoPE-Axial needs as many x pairs as y pairs, and
+    RoPE-Mixed initialises its frequencies in the same two halves. At least one pair per axis.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f'rope_fraction must be in (0, 1], got {fraction}')
+    if head_dim % 4:
+        raise ValueError(f'RoPE needs a head dim divisible by 4, got {head_dim}')
+    return min(head_dim, max(4, 4 * round(fraction * head_dim / 4)))
+
+
+def check_rope_scaling(rope_scaling: str) -> str:
+    if rope_scaling not in ROPE_SCALINGS:
+        raise ValueError(f'Unknown rope_scaling {rope_scaling!r}; allowed: {ROPE_SCALINGS}')
+    return rope_scaling
+
+
+def scaled_coords(
+        grid: Grid,
+        rope_scaling: str,
+        train_grid: Optional[Grid],
+        device=None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Patch positions, squeezed onto the training grid's range for ``interp`` (position interpolation)."""
+    x, y = grid_coords(grid, device)
+    if rope_scaling == 'interp' and train_grid is not None and tuple(grid) != tuple(train_grid):
+        x = x * (train_grid[1] / grid[1])
+        y = y * (train_grid[0] / grid[0])
+    return x, y
+
+
+def ntk_band_scale(
+        grid: Grid,
+        rope_scaling: str,
+        train_grid: Optional[Grid],
+        num_bands: int,
+        device=None,
+) -> Optional[torch.Tensor]:
+    """Per-band frequency factors for NTK-aware scaling, or None when no scaling applies.
+
+    Band k of K is multiplied by s^(-k/(K-1)), s the grid growth factor: the fastest band is kept and
+    the slowest is slowed by exactly s, which for theta^(-k/K) bands is NTK's base change
+    theta -> theta * s^(K/(K-1)).
+    """
+    if rope_scaling != 'ntk' or train_grid is None or num_bands < 2:
+        return None
+    growth = max(grid[0] / train_grid[0], grid[1] / train_grid[1])
+    if growth <= 1:
+        return None
+    k = torch.arange(num_bands, device=device, dtype=torch.float32)
+    return torch.exp(-math.log(growth) * k / (num_bands - 1))
+
+
+class RotaryEncoding(nn.Module):
+    """Settings every RoPE variant shares: rotated dims, base, test-time scaling and the training grid
+    that scaling refers to. Subclasses provide ``tables(grid, device) -> (cos, sin)``."""
+    kind = 'rotary'
+
+    def __init__(self, head_dim: int, theta: float, rope_fraction: float = 1., rope_scaling: str = 'none',
+                 train_grid: Optional[Grid] = None):
+        super().__init__()
+        self.rot_dim = rope_rot_dim(head_dim, rope_fraction)
+        self.theta = theta
+        self.rope_scaling = check_rope_scaling(rope_scaling)
+        self.train_grid = tuple(train_grid) if train_grid is not None else None
+
+    def extra_repr(self) -> str:
+        return f'rot_dim={self.rot_dim}, theta={self.theta}, rope_scaling={self.rope_scaling!r}'

@@ -1,0 +1,87 @@
+"""Relative position bias (Swin v1, BEiT): a learned bias per head for every (dy, dx) offset.
+
+One implementation for ViT (a table over the whole patch grid) and Swin (a table over the window), with
+timm's parameter name and layout, so timm's Swin checkpoints need no conversion of the table itself.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import grid as grids
+from .alibi2d import pad_prefix
+from .grid import Grid
+
+
+@grids.grid_table_builder('rpb_index')
+def relative_position_index(grid: Grid, device=None) -> torch.Tensor:
+    """(H*W, H*W) index into a ((2H-1)(2W-1)) table: (dy + H-1)(2W-1) + (dx + W-1)."""
+    h, w = grid
+    y, x = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing='ij')
+    y, x = y.reshape(-1), x.reshape(-1)
+    dy = y[:, None] - y[None, :] + h - 1
+    dx = x[:, None] - x[None, :] + w - 1
+    return dy * (2 * w - 1) + dx
+
+
+def resize_rpb_table(table: torch.Tensor, old_grid: Grid, new_grid: Grid) -> torch.Tensor:
+    """Bicubic resize of a ((2H-1)(2W-1), heads) table to another grid, computed in float32; differentiable."""
+    if tuple(old_grid) == tuple(new_grid):
+        return table
+    heads = table.shape[-1]
+    new_h, new_w = 2 * new_grid[0] - 1, 2 * new_grid[1] - 1
+    if table.is_meta:
+        return table.new_empty(new_h * new_w, heads)
+    image = table.float().t().reshape(1, heads, 2 * old_grid[0] - 1, 2 * old_grid[1] - 1)
+    image = F.interpolate(image, size=(new_h, new_w), mode='bicubic', align_corners=False)
+    return image.reshape(heads, new_h * new_w).t().to(table.dtype)
+
+
+def table_grid(rows: int, expected: Optional[Grid] = None, name: str = 'relative_position_bias_table') -> Grid:
+    """Grid of a checkpoint's table with ``rows`` offsets: ``expected`` where it fits, else a square grid."""
+    if expected is not None and rows == (2 * expected[0] - 1) * (2 * expected[1] - 1):
+        return tuple(expected)
+    side = int(round(rows ** 0.5))
+    if side * side != rows or side % 2 == 0:
+        raise ValueError(f'{name}: cannot infer the grid of a table with {rows} rows; only tables of the '
+                         f'model\'s grid {expected} or of square grids ((2G-1)^2 rows) can be resized')
+    return (side + 1) // 2, (side + 1) // 2
+
+
+class RelativePositionBias(nn.Module):
+    """Learned table over all offsets of a grid (a ViT's patch grid, a Swin window).
+
+    ``set_grid`` resizes the table for a new model resolution; a call at another grid (dynamic image
+    size) resizes it on the fly, differentiably.
+    """
+    kind = 'bias'
+
+    def __init__(self, num_heads: int, grid: Grid, device=None, dtype=None):
+        super().__init__()
+        self.grid: Tuple[int, int] = tuple(grid)
+        self.relative_position_bias_table = nn.Parameter(
+            torch.empty((2 * grid[0] - 1) * (2 * grid[1] - 1), num_heads, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=.02)
+
+    def set_grid(self, grid: Grid) -> None:
+        grid = tuple(grid)
+        if grid != self.grid:
+            table = self.relative_position_bias_table
+            with torch.no_grad():
+                resized = resize_rpb_table(table.data, self.grid, grid)
+            self.relative_position_bias_table = nn.Parameter(resized, requires_grad=table.requires_grad)
+            self.grid = grid
+
+    def bias(self, grid: Grid, num_prefix_tokens: int, device: torch.device) -> torch.Tensor:
+        """(heads, N, N) additive logits bias, N = prefix + H*W."""
+        grid = (int(grid[0]), int(grid[1]))
+        table = resize_rpb_table(self.relative_position_bias_table, self.grid, grid)
+        bias = table[grids.grid_table('rpb_index', grid, device)].permute(2, 0, 1)
+        return pad_prefix(bias, num_prefix_tokens)
+
+    def extra_repr(self) -> str:
+        return f'grid={self.grid}'

@@ -1,0 +1,43 @@
+"""Building and registering the model families the same way: timm's builder plus RoPE's training size,
+and one registered entrypoint per (size, encoding)."""
+from typing import Callable, Dict, Optional
+
+from timm.layers import to_2tuple
+from timm.models import build_model_with_cfg, register_model
+from timm.models._input import update_model_args
+
+from ..layers import is_rotary
+from ._pretrained import checked_filter, pretrained_img_size
+
+
+def build_model(model_cls: type, variant: str, pretrained: bool, checkpoint_filter_fn: Callable,
+                feature_cfg: Dict, infer_rope_train_size: bool = True, **kwargs):
+    """``build_model_with_cfg`` with the checked filter; a RoPE model loading weights takes their
+    training size as ``rope_train_img_size`` (what ``rope_scaling`` scales to) and records it in its
+    model args, so an export rebuilds the same training grid at any ``img_size``."""
+    is_rope = is_rotary(kwargs.get('attn_pos'))
+    if is_rope and pretrained and infer_rope_train_size and kwargs.get('rope_train_img_size') is None:
+        kwargs['rope_train_img_size'] = pretrained_img_size(variant, kwargs)
+    model = build_model_with_cfg(
+        model_cls, variant, pretrained,
+        pretrained_filter_fn=checked_filter(checkpoint_filter_fn),
+        feature_cfg=feature_cfg,
+        **kwargs,
+    )
+    if is_rope and kwargs.get('rope_train_img_size') is not None:
+        update_model_args(model, rope_train_img_size=to_2tuple(kwargs['rope_train_img_size']))
+    return model
+
+
+def register_variant(name: str, create: Callable, model_args: Dict, doc: str, arch: Optional[str] = None):
+    """Register ``name`` in timm as ``create(arch or name, **model_args, **user kwargs)``.
+
+    The entrypoint takes ``create``'s module so that timm finds that module's ``default_cfgs``.
+    """
+    def entrypoint(pretrained: bool = False, **kwargs):
+        return create(arch or name, pretrained=pretrained, **dict(model_args, **kwargs))
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = create.__module__
+    entrypoint.__doc__ = doc
+    return register_model(entrypoint)

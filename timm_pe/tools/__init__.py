@@ -1,0 +1,1 @@
+"""The timm-pe command line and its subcommands; the library never imports this package."""

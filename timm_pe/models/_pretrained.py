@@ -10,11 +10,11 @@ from functools import lru_cache
 from importlib.resources import files
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
-from timm.data import ImageNetInfo
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageNetInfo
 from timm.models import resolve_pretrained_cfg
 
 __all__ = ['HUB_ORG', 'WEIGHTS_FILE', 'IN100_UPLOADED', 'Weights', 'SWIN_IN1K', 'imagenet100_wnids',
-           'pretrained_cfgs', 'pretrained_img_size', 'checked_filter']
+           'base_cfg', 'pretrained_cfgs', 'pretrained_img_size', 'checked_filter']
 
 HUB_ORG = 'timm-pe'
 # Named explicitly so that timm loads safetensors and never falls back to unpickling a .bin from the network.
@@ -73,6 +73,22 @@ def imagenet100_wnids() -> Tuple[str, ...]:
 def imagenet100_descriptions() -> Dict[str, str]:
     info = ImageNetInfo()
     return {wnid: info.label_name_to_description(wnid) for wnid in imagenet100_wnids()}
+
+
+def base_cfg(**kwargs) -> Dict[str, Any]:
+    """The pretrained-config fields every architecture here shares (ImageNet-1k head, 224 px, bicubic)."""
+    return {
+        'url': '',
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'crop_pct': .9,
+        'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj',
+        'license': 'apache-2.0',
+        **kwargs,
+    }
 
 
 def _in1k_cfg(base: Dict[str, Any], weights: Weights) -> Dict[str, Any]:

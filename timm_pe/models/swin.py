@@ -13,7 +13,6 @@ import math
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple
 from timm.models import generate_default_cfgs
 from timm.models import swin_transformer as timm_swin
@@ -23,7 +22,7 @@ from torch import nn
 from ..layers import (ENCODINGS, OPTION_NAMES, PositionalAttention, RelativePositionBias, create_encoding,
                       is_rotary, resize_rpb_table, resolve_options, table_grid)
 from ._builder import build_model, register_variant
-from ._pretrained import SWIN_IN1K, pretrained_cfgs
+from ._pretrained import base_cfg, SWIN_IN1K, pretrained_cfgs
 
 __all__ = ['PeSwinTransformer', 'SwinWindowAttention', 'checkpoint_filter_fn', 'stage_windows']
 
@@ -272,21 +271,7 @@ def checkpoint_filter_fn(state_dict, model: PeSwinTransformer):
 
 
 def _cfg(**kwargs):
-    return {
-        'url': '',
-        'num_classes': 1000,
-        'input_size': (3, 224, 224),
-        'pool_size': (7, 7),
-        'crop_pct': .9,
-        'interpolation': 'bicubic',
-        'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN,
-        'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj',
-        'classifier': 'head.fc',
-        'license': 'apache-2.0',
-        **kwargs,
-    }
+    return base_cfg(pool_size=(7, 7), classifier='head.fc', fixed_input_size=False, **kwargs)
 
 
 # timm's swin_{tiny,small,base}_patch4_window7_224 geometry; the window follows the image size (7 at 224)

@@ -9,7 +9,6 @@ import math
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed, to_2tuple
 from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
@@ -20,7 +19,7 @@ from torch import nn
 from ..layers import (ENCODINGS, OPTION_NAMES, PositionalAttention, RelativePositionBias, create_encoding,
                       get_encoding, is_rotary, resize_rpb_table, resolve_options, sincos_2d_embed, table_grid)
 from ._builder import build_model, register_variant
-from ._pretrained import VIT_IN1K, pretrained_cfgs
+from ._pretrained import base_cfg, VIT_IN1K, pretrained_cfgs
 
 __all__ = ['PeVisionTransformer', 'checkpoint_filter_fn', 'convert_timm_rope_vit']
 
@@ -257,21 +256,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PeVisionTra
 
 
 def _cfg(**kwargs):
-    return {
-        'url': '',
-        'num_classes': 1000,
-        'input_size': (3, 224, 224),
-        'pool_size': None,
-        'crop_pct': .9,
-        'interpolation': 'bicubic',
-        'fixed_input_size': True,  # strict patch embedding: timm's scripts pass --img-size to the model
-        'mean': IMAGENET_DEFAULT_MEAN,
-        'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj',
-        'classifier': 'head',
-        'license': 'apache-2.0',
-        **kwargs,
-    }
+    return base_cfg(pool_size=None, classifier='head',
+                    fixed_input_size=True,  # strict patch embedding: timm's scripts pass --img-size to the model
+                    **kwargs)
 
 
 SIZES = {

@@ -96,11 +96,15 @@ def test_ape_checkpoint_loads_at_another_size(tmp_path, hub_cache):
     assert torch.allclose(logits(at_320, 320), logits(resized, 320), atol=1e-5)
 
 
-def test_registered_in100_tag_loads_its_hub_repo(tmp_path, hub_cache):
+def test_in100_tag_is_not_listed_or_loaded_before_upload_then_loads_its_hub_repo(tmp_path, hub_cache):
     name = 'vit_small_rope_mixed.in100'
     trained = timm.create_model(name, **VIT_NARROW)
     hub_cache(f'{HUB_ORG}/{name}', exported_files(export(trained, tmp_path / 'export', name)))
-    loaded = timm.create_model(name, pretrained=True, **VIT_NARROW)
+    assert name not in timm.list_pretrained() and name in timm_pe.publish.registered_tags()
+    with pytest.raises(ValueError, match='vit_small_rope_mixed.in100 has no weights to load'):
+        timm.create_model(name, pretrained=True, **VIT_NARROW)
+    uploaded = dict(hf_hub_id=f'{HUB_ORG}/{name}', hf_hub_filename=SAFE)  # what IN100_UPLOADED adds
+    loaded = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=uploaded, **VIT_NARROW)
     assert loaded.num_classes == 100 and tuple(loaded.pretrained_cfg['label_names']) == imagenet100_wnids()
     assert torch.equal(logits(loaded), logits(trained))
 
@@ -158,17 +162,18 @@ def test_tags_default_to_published_weights_and_load_safetensors_only():
     for name in names:
         cfg = get_pretrained_cfg(name)
         assert cfg.hf_hub_filename == SAFE and not cfg.url, name
-    in100 = {n for n in names if n.endswith('.in100')}
+    assert not {n for n in names if n.endswith('.in100')}  # none uploaded yet: none listed as if it were
+    in100 = {n for n in timm_pe.publish.registered_tags() if n.endswith('.in100')}
     assert in100 == {f'vit_small_{e}.in100' for e in ('ape', 'nope', 'rope_axial', 'rope_mixed', 'alibi2d', 'rpb')}
     for name in in100:
         cfg = get_pretrained_cfg(name)
-        assert cfg.hf_hub_id == f'{HUB_ORG}/{name}' and cfg.num_classes == 100
+        assert not cfg.has_weights and cfg.num_classes == 100
         assert list(cfg.label_names) == sorted(cfg.label_names) and len(set(cfg.label_names)) == 100
     defaults = {arch: get_pretrained_cfg(arch).tag for arch in
                 ('vit_small_rope_mixed', 'vit_base_rope_axial_ape', 'vit_small_ape', 'swin_base_rpb', 'vit_small_alibi2d')}
     assert defaults == {'vit_small_rope_mixed': 'naver_in1k', 'vit_base_rope_axial_ape': 'naver_in1k',
                         'vit_small_ape': 'fb_in1k', 'swin_base_rpb': 'ms_in1k', 'vit_small_alibi2d': None}
-    with pytest.raises(RuntimeError, match='No pretrained weights'):  # .in100 not uploaded: never the default
+    with pytest.raises(ValueError, match='no weights to load'):  # .in100 not uploaded: never the default
         timm.create_model('vit_small_alibi2d', pretrained=True, depth=1)
 
 
@@ -234,9 +239,42 @@ def test_cli_export_with_checkpoint_and_metrics_then_push(tmp_path, monkeypatch)
 
 def test_committed_cards_match_the_registered_tags():
     cards = REPO / 'model_cards'
-    assert {p.stem for p in cards.glob('*.md')} - {'TEMPLATE'} == set(registered_models(pretrained=True))
+    assert {p.stem for p in cards.glob('*.md')} - {'TEMPLATE'} == set(timm_pe.publish.registered_tags())
     spec = importlib.util.spec_from_file_location('generate_cards', cards / 'generate.py')
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
     for name in ('vit_small_rope_mixed.in100', 'vit_small_ape.fb_in1k'):
         assert (cards / f'{name}.md').read_text() == generate.card_text(name), f'regenerate {name}'
+
+
+def test_card_states_only_what_the_export_knows(tmp_path):
+    """An untagged export: no dataset claimed, no training size asserted, the encoding's citations only."""
+    model = timm.create_model('vit_tiny_alibi2d', depth=1, img_size=96, num_classes=10)
+    card = (export(model, tmp_path / 'alibi', repo_id='someone/alibi') / 'README.md').read_text()
+    assert 'datasets:' not in card and 'ImageNet-1k' not in card
+    assert '**Dataset:** not recorded; 10 classes' in card
+    assert '**Image size:** built at 96 x 96; the training size is not recorded' in card
+    assert 'press2022alibi' in card and 'fuller2023croma' in card and 'rw2019timm' in card
+    assert 'heo2024rope' not in card and 'liu2021swin' not in card and 'touvron2022deit3' not in card
+    # a RoPE model knows its training size from the grid recorded with it; its snippet is plain extrapolation
+    rope = timm.create_model('vit_tiny_rope_axial', depth=1, rope_train_img_size=128, img_size=192)
+    card = (export(rope, tmp_path / 'rope') / 'README.md').read_text()
+    assert '**Image size:** trained at 128 x 128' in card and 'heo2024rope' in card
+    assert "pretrained=True, img_size=384).eval()" in card and "img_size=384, rope_scaling" not in card
+    assert "`rope_scaling='interp'`" in card and 'table above are without it' in card
+    # converted ImageNet-1k weights say so, with the papers of encoding and weights
+    deit = get_pretrained_cfg('vit_small_ape.fb_in1k')
+    card = (REPO / 'model_cards' / 'vit_small_ape.fb_in1k.md').read_text()
+    assert 'datasets:\n- imagenet-1k' in card and '**Dataset:** ImageNet-1k; 1000 classes' in card
+    assert 'dosovitskiy2021vit' in card and 'touvron2022deit3' in card and deit.origin_url in card
+
+
+def test_cli_exports_a_model_without_weights_with_random_init(tmp_path):
+    folder = tmp_path / 'untrained'
+    cli_main(['export', 'vit_tiny_rope_mixed', str(folder), '--random-init', '--model-kwargs', 'depth=1'])
+    card = (folder / 'README.md').read_text()
+    assert 'not trained' in card and 'freshly initialised' in card and 'datasets:' not in card
+    reloaded = timm.create_model('local-dir:' + str(folder), pretrained=True)
+    assert len(reloaded.blocks) == 1 and torch.isfinite(logits(reloaded)).all()
+    with pytest.raises(ValueError, match='no weights to load'):  # without the flag: refused, not random
+        cli_main(['export', 'vit_tiny_rope_mixed', str(tmp_path / 'refused'), '--model-kwargs', 'depth=1'])

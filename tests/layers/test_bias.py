@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from timm_pe.layers import Alibi2d, TableCache, RelativePositionBias, alibi_slopes, relative_position_index
@@ -54,13 +55,52 @@ def test_rpb_resizes_for_a_new_grid():
     torch.testing.assert_close(rpb.relative_position_bias_table.detach()[4 * 9 + 4], center, atol=.02, rtol=0)
 
 
-def test_grid_cache_is_bounded_and_reuses_entries():
-    cache = TableCache(max_entries=2)
+def test_grid_cache_is_bounded_in_bytes_and_reuses_entries():
+    table = lambda: torch.zeros(256)  # noqa: E731  1 KiB
+    cache = TableCache(max_bytes=2048)
     built = []
     for key in ['a', 'b', 'a', 'c', 'b']:
-        cache.get(key, lambda key=key: built.append(key) or key)
+        cache.get(key, lambda key=key: built.append(key) or table())
     assert built == ['a', 'b', 'c', 'b']  # 'b' was evicted when 'c' came in
-    assert len(cache) == 2
+    assert len(cache) == 2 and cache.nbytes == 2048
+    cache.get('big', lambda: torch.zeros(1024))  # larger than the limit: served, not kept
+    assert 'big' not in cache._tables and cache.nbytes == 2048
+    cache.max_bytes = 1024  # a lower limit evicts at once
+    assert len(cache) == 1 and cache.nbytes == 1024
+    with pytest.raises(ValueError, match='max_bytes'):
+        cache.max_bytes = -1
+
+
+def test_grid_cache_limit_from_the_environment(monkeypatch):
+    monkeypatch.setenv('TIMM_PE_TABLE_CACHE_MB', '1.5')
+    assert TableCache().max_bytes == int(1.5 * 2 ** 20)
+    monkeypatch.setenv('TIMM_PE_TABLE_CACHE_MB', 'lots')
+    with pytest.raises(ValueError, match='TIMM_PE_TABLE_CACHE_MB'):
+        TableCache()
+
+
+def test_a_deleted_model_frees_its_tables():
+    """The user's path of the issue: a 2D-ALiBi model swept over sizes, then deleted."""
+    import gc
+    import timm
+    from timm_pe.layers import TABLE_CACHE
+
+    def alibi_bytes():
+        return sum(TABLE_CACHE._sizes[k] for k in TABLE_CACHE._tables if k[0] == 'alibi2d')
+
+    gc.collect()
+    assert alibi_bytes() == 0  # no ALiBi model is alive in this test process
+    model = timm.create_model('vit_tiny_alibi2d', depth=1, embed_dim=48, dynamic_img_size=True).eval()
+    other = timm.create_model('vit_tiny_rope_axial', depth=1, embed_dim=48)
+    with torch.no_grad():
+        for size in (32, 64, 96):
+            model(torch.randn(1, 3, size, size))
+        other(torch.randn(1, 3, 224, 224))
+    assert alibi_bytes() > 0
+    del model
+    gc.collect()
+    assert alibi_bytes() == 0
+    assert any(k[0] == 'rope_axial' for k in TABLE_CACHE._tables)  # the live model keeps its tables
 
 
 def test_tables_built_under_inference_mode_serve_training():

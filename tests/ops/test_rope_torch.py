@@ -49,3 +49,14 @@ def test_bad_tables_and_backend_are_rejected(monkeypatch):
     monkeypatch.setenv('TIMM_PE_ROPE_BACKEND', 'cuda-magic')
     with pytest.raises(ValueError, match='Unknown RoPE backend'):
         apply_rope(qkv, torch.randn(1, 5, 4), torch.randn(1, 5, 4))
+
+
+def test_triton_backend_on_a_cpu_model_says_what_it_needs(monkeypatch):
+    """``TIMM_PE_ROPE_BACKEND=triton`` on a CPU model: a clear error, not Triton's '0 active drivers'."""
+    import timm
+    import timm_pe  # noqa: F401
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    monkeypatch.setenv('TIMM_PE_ROPE_BACKEND', 'triton')
+    model = timm.create_model('vit_tiny_rope_axial', depth=1, embed_dim=48, num_heads=2, img_size=32)
+    with pytest.raises(ValueError, match='runs on CUDA tensors, got a cpu tensor.*TRITON_INTERPRET=1'):
+        model(torch.randn(1, 3, 32, 32))

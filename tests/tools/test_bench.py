@@ -28,7 +28,8 @@ def test_bench_cli_rows_and_ratio(tmp_path):
         columns, rows = reader.fieldnames, list(reader)
     for column in ('model', 'infer_samples_per_sec', 'infer_step_time', 'infer_batch_size', 'infer_img_size',
                    'param_count', 'train_samples_per_sec', 'train_step_time', 'train_batch_size', 'train_img_size',
-                   'infer_tokens', 'train_saved_mb', 'infer_samples_per_sec_vs_ape', 'train_samples_per_sec_vs_ape'):
+                   'infer_tokens', 'train_saved_mb', 'infer_samples_per_sec_vs_ape', 'train_samples_per_sec_vs_ape',
+                   'baseline'):
         assert column in columns
     # the APE baseline is added and comes first
     assert [(r['model'], r['infer_img_size']) for r in rows] == [
@@ -64,3 +65,18 @@ def test_rpb_saves_more_for_backward_than_rope():
         model = timm.create_model(name, **kwargs)
         saved[name] = saved_for_backward_mb(model, lambda: model(x).sum())
     assert saved['vit_tiny_rpb'] > saved['vit_tiny_rope_axial']
+
+
+def test_bench_swin_with_default_kwargs_names_the_ratio_after_its_baseline(tmp_path):
+    """``timm-pe bench`` on Swin as the demo runs it: no --model-kwargs (the family's default depths)."""
+    out = tmp_path / 'bench'
+    assert main(['bench', 'swin_tiny_rpb', 'swin_tiny_alibi2d', '--baseline', 'swin_tiny_rpb', '--sizes', '64',
+                 '--batch-size', '1', '--warmup', '0', '--iters', '1', '--threads', '1',
+                 '--output-dir', str(out)]) == 0
+    with open(out / 'bench.csv') as f:
+        reader = csv.DictReader(f)
+        columns, rows = reader.fieldnames, list(reader)
+    assert 'infer_samples_per_sec_vs_rpb' in columns and not any('vs_ape' in c for c in columns)
+    assert {r['baseline'] for r in rows} == {'swin_tiny_rpb'}
+    assert [r['model'] for r in rows] == ['swin_tiny_rpb', 'swin_tiny_alibi2d']
+    assert float(rows[0]['infer_samples_per_sec_vs_rpb']) == 1.

@@ -125,3 +125,28 @@ def test_sweep_imagenette_val_subset(tmp_path):
     assert [(r['model'], r['img_size']) for r in rows] == [('vit_tiny_alibi2d', '32'), ('vit_tiny_alibi2d', '64')]
     for row in rows:  # 20 images: multiples of 5 %
         assert float(row['top1']) % 5 == 0 and float(row['top1']) <= float(row['top5'])
+
+
+def test_sweep_hooks_scale_from_the_recorded_training_grid_or_are_refused(tmp_path):
+    """``timm-pe sweep --checkpoint`` with RoPE hooks: a checkpoint records its training grid (64 px, 8x8
+    patches of 8), which the hooks scale from although the sweep builds at the default 224; an old one
+    without the record and no training size given is refused rather than swept with hooks that equal none."""
+    import timm
+    from safetensors.torch import save_file
+    from timm_pe.tools.sweep import create_models
+    arch = dict(embed_dim=32, depth=1, num_heads=2, patch_size=8)
+    state = timm.create_model('vit_tiny_rope_axial', img_size=64, **arch).state_dict()
+    save_file(state, str(tmp_path / 'new.safetensors'))
+    models = create_models('vit_tiny_rope_axial', tmp_path / 'new.safetensors', arch, ['none', 'interp'],
+                           pretrained=False, label='m')
+    assert models['m+interp'].blocks[0].attn.pos_enc.train_grid == (8, 8)
+    assert models['m'].patch_embed.grid_size == (28, 28)
+
+    save_file({k: v for k, v in state.items() if 'rope_train_grid' not in k}, str(tmp_path / 'old.safetensors'))
+    with pytest.raises(ValueError, match='does not record the grid.*--model-kwargs img_size=SIZE'):
+        create_models('vit_tiny_rope_axial', tmp_path / 'old.safetensors', arch, ['none', 'interp'],
+                      pretrained=False, label='m')
+    with pytest.warns(UserWarning, match='does not record'):  # the training size given: swept from it
+        models = create_models('vit_tiny_rope_axial', tmp_path / 'old.safetensors', dict(arch, img_size=64),
+                               ['none', 'ntk'], pretrained=False, label='m')
+    assert models['m+ntk'].blocks[0].attn.pos_enc.train_grid == (8, 8)

@@ -45,6 +45,7 @@ class Alibi2d(nn.Module):
     def __init__(self, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
+        grids.TABLE_CACHE.hold(self, 'alibi2d')
 
     def bias(self, grid: Grid, num_prefix_tokens: int, device: torch.device) -> torch.Tensor:
         """(heads, N, N) float32 additive logits bias, N = prefix + H*W."""

@@ -1,6 +1,9 @@
 """Patch-grid coordinates and the one cache every grid-dependent table goes through."""
+import os
+import threading
+import weakref
 from collections import OrderedDict
-from typing import Callable, Dict, Hashable, Tuple
+from typing import Callable, Dict, Hashable, Optional, Tuple
 
 import torch
 
@@ -20,29 +23,117 @@ def grid_coords(grid: Grid, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
     return x.reshape(-1), y.reshape(-1)
 
 
+CACHE_LIMIT_ENV = 'TIMM_PE_TABLE_CACHE_MB'
+DEFAULT_CACHE_MB = 512
+
+
+def _nbytes(value) -> int:
+    """Bytes of the tensors in a table (a tensor or a tuple of them); meta tensors take none."""
+    tensors = value if isinstance(value, (tuple, list)) else (value,)
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor) and not t.is_meta)
+
+
+def _limit_from_env() -> int:
+    text = os.environ.get(CACHE_LIMIT_ENV, str(DEFAULT_CACHE_MB))
+    try:
+        mb = float(text)
+    except ValueError:
+        raise ValueError(f'${CACHE_LIMIT_ENV}={text!r} is not a number of MiB (e.g. 512; 0 disables the cache)') from None
+    if mb < 0:
+        raise ValueError(f'${CACHE_LIMIT_ENV}={text!r}: the grid-table cache limit must be >= 0 MiB')
+    return int(mb * 2 ** 20)
+
+
 class TableCache:
     """Least-recently-used store of grid tables keyed by (table kind, settings, grid, device).
 
-    Bounded so that a sweep over many resolutions does not keep every table alive.
+    Bounded in bytes (``max_bytes``; default ``$TIMM_PE_TABLE_CACHE_MB`` MiB, else 512), so that a sweep over
+    many resolutions does not keep every table alive; a table larger than the limit is built for its call
+    and not kept. Modules that use a kind of table ``hold`` it: once the last of them is garbage-collected,
+    the tables of that kind are freed with it rather than outliving the model.
     """
 
-    def __init__(self, max_entries: int = 64):
-        self.max_entries = max_entries
+    def __init__(self, max_bytes: Optional[int] = None):
         self._tables: 'OrderedDict[Hashable, object]' = OrderedDict()
+        self._sizes: Dict[Hashable, int] = {}
+        self._holders: Dict[Hashable, 'weakref.WeakSet'] = {}
+        self._lock = threading.Lock()
+        self._released: list = []  # kinds whose last holder went while the lock was taken
+        self.nbytes = 0
+        self.max_bytes = _limit_from_env() if max_bytes is None else max_bytes
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    @max_bytes.setter
+    def max_bytes(self, value: int) -> None:
+        """A new limit, applied at once (0 disables caching)."""
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f'max_bytes must be an int >= 0, got {value!r}')
+        self._max_bytes = value
+        with self._lock:
+            self._evict()
 
     def get(self, key: Hashable, build: Callable[[], object]):
-        if key in self._tables:
-            self._tables.move_to_end(key)
-            return self._tables[key]
+        with self._lock:
+            if key in self._tables:
+                self._tables.move_to_end(key)
+                return self._tables[key]
         with torch.inference_mode(False):  # a table first built during inference must serve training too
             value = build()
-        self._tables[key] = value
-        if len(self._tables) > self.max_entries:
-            self._tables.popitem(last=False)
+        size = _nbytes(value)
+        with self._lock:
+            if size <= self._max_bytes and key not in self._tables:
+                self._tables[key] = value
+                self._sizes[key] = size
+                self.nbytes += size
+                self._evict()
+            self._drop_released()
         return value
+
+    def hold(self, owner: object, kind: Hashable) -> None:
+        """Keep ``kind`` tables only while some holder lives: ``owner`` (a module using them) is one."""
+        holders = self._holders.setdefault(kind, weakref.WeakSet())
+        if owner not in holders:
+            holders.add(owner)
+            weakref.finalize(owner, self._release, kind)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tables.clear()
+            self._sizes.clear()
+            self.nbytes = 0
+
+    def _release(self, kind: Hashable) -> None:
+        self._released.append(kind)
+        if self._lock.acquire(blocking=False):  # else the thread holding the lock drops them
+            try:
+                self._drop_released()
+            finally:
+                self._lock.release()
+
+    def _drop_released(self) -> None:
+        while self._released:
+            kind = self._released.pop()
+            if not any(True for _ in self._holders.get(kind, ())):  # no live holder is left
+                for key in [k for k in self._tables if _kind(k) == kind]:
+                    self._pop(key)
+
+    def _evict(self) -> None:
+        while self.nbytes > self._max_bytes:
+            self._pop(next(iter(self._tables)))
+
+    def _pop(self, key: Hashable) -> None:
+        del self._tables[key]
+        self.nbytes -= self._sizes.pop(key)
 
     def __len__(self) -> int:
         return len(self._tables)
+
+
+def _kind(key: Hashable) -> Hashable:
+    return key[0] if isinstance(key, tuple) else key
 
 
 TABLE_CACHE = TableCache()

@@ -34,6 +34,7 @@ class RopeAxial(RotaryEncoding):
     def __init__(self, head_dim: int, theta: float = 100., rope_fraction: float = 1., rope_scaling: str = 'none',
                  train_grid: Optional[Grid] = None):
         super().__init__(head_dim, theta, rope_fraction, rope_scaling, train_grid)
+        grids.TABLE_CACHE.hold(self, 'rope_axial')
 
     def tables(self, grid: Grid, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin), each (1, H*W, rot_dim/2) float32, on ``device``."""

@@ -40,6 +40,7 @@ class RopeMixed(RotaryEncoding):
                  rope_scaling: str = 'none', train_grid: Optional[Grid] = None):
         super().__init__(head_dim, theta, rope_fraction, rope_scaling, train_grid)
         self.num_heads = num_heads
+        grids.TABLE_CACHE.hold(self, 'rope_mixed_coords')
         self.freqs = nn.Parameter(torch.empty(2, num_heads, self.rot_dim // 2))
         self.reset_parameters()
 

@@ -13,6 +13,9 @@ from . import grid as grids
 from .alibi2d import pad_prefix
 from .grid import Grid
 
+# the persistent buffer in which an RPB table's grid travels with it
+GRID_BUFFER = 'grid_size'
+
 
 @grids.grid_table_builder('rpb_index')
 def relative_position_index(grid: Grid, device=None) -> torch.Tensor:
@@ -39,13 +42,15 @@ def resize_rpb_table(table: torch.Tensor, old_grid: Grid, new_grid: Grid) -> tor
 
 
 def table_grid(rows: int, expected: Optional[Grid] = None, name: str = 'relative_position_bias_table') -> Grid:
-    """Grid of a checkpoint's table with ``rows`` offsets: ``expected`` where it fits, else a square grid."""
+    """Grid of a checkpoint's table with ``rows`` offsets, for checkpoints that do not record it: ``expected``
+    where it fits, else a square grid."""
     if expected is not None and rows == (2 * expected[0] - 1) * (2 * expected[1] - 1):
         return tuple(expected)
     side = int(round(rows ** 0.5))
     if side * side != rows or side % 2 == 0:
         raise ValueError(f'{name}: cannot infer the grid of a table with {rows} rows; only tables of the '
-                         f'model\'s grid {expected} or of square grids ((2G-1)^2 rows) can be resized')
+                         f'model\'s grid {expected} or of square grids ((2G-1)^2 rows) can be resized without a recorded '
+                         f'grid ({GRID_BUFFER})')
     return (side + 1) // 2, (side + 1) // 2
 
 
@@ -53,7 +58,9 @@ class RelativePositionBias(nn.Module):
     """Learned table over all offsets of a grid (a ViT's patch grid, a Swin window).
 
     ``set_grid`` resizes the table for a new model resolution; a call at another grid (dynamic image
-    size) resizes it on the fly, differentiably.
+    size) resizes it on the fly, differentiably. The table's grid is also a persistent buffer
+    (``grid_size``), so a state dict of any grid, square or not, loads at any other: the table is resized
+    to this module's grid on load (a checkpoint without the buffer has its grid inferred, see ``table_grid``).
     """
     kind = 'bias'
 
@@ -62,7 +69,9 @@ class RelativePositionBias(nn.Module):
         self.grid: Tuple[int, int] = tuple(grid)
         self.relative_position_bias_table = nn.Parameter(
             torch.empty((2 * grid[0] - 1) * (2 * grid[1] - 1), num_heads, device=device, dtype=dtype))
+        self.register_buffer(GRID_BUFFER, torch.tensor(self.grid, dtype=torch.int64, device=device))
         self.reset_parameters()
+        grids.TABLE_CACHE.hold(self, 'rpb_index')
 
     def reset_parameters(self) -> None:
         nn.init.trunc_normal_(self.relative_position_bias_table, std=.02)
@@ -73,8 +82,25 @@ class RelativePositionBias(nn.Module):
             table = self.relative_position_bias_table
             with torch.no_grad():
                 resized = resize_rpb_table(table.data, self.grid, grid)
+                getattr(self, GRID_BUFFER).copy_(torch.tensor(grid))
             self.relative_position_bias_table = nn.Parameter(resized, requires_grad=table.requires_grad)
             self.grid = grid
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        table_key, grid_key = prefix + 'relative_position_bias_table', prefix + GRID_BUFFER
+        if table_key in state_dict:
+            table = state_dict[table_key]
+            recorded = state_dict.get(grid_key)
+            if recorded is None or recorded.is_meta:
+                old_grid = table_grid(table.shape[0], self.grid, table_key)
+            else:
+                old_grid = tuple(int(s) for s in recorded.tolist())
+                if table.shape[0] != (2 * old_grid[0] - 1) * (2 * old_grid[1] - 1):
+                    raise ValueError(f'{table_key} has {table.shape[0]} rows, not the (2H-1)(2W-1) of the grid '
+                                     f'{old_grid} recorded in {grid_key}')
+            state_dict[table_key] = resize_rpb_table(table, old_grid, self.grid)
+            state_dict[grid_key] = getattr(self, GRID_BUFFER)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def bias(self, grid: Grid, num_prefix_tokens: int, device: torch.device) -> torch.Tensor:
         """(heads, N, N) additive logits bias, N = prefix + H*W."""

@@ -7,7 +7,7 @@ from timm.models import build_model_with_cfg, register_model
 from timm.models._input import update_model_args
 
 from ..layers import is_rotary
-from ._pretrained import checked_filter, pretrained_img_size
+from ._pretrained import check_has_weights, checked_filter, pretrained_img_size
 
 
 def build_model(model_cls: type, variant: str, pretrained: bool, checkpoint_filter_fn: Callable,
@@ -16,6 +16,8 @@ def build_model(model_cls: type, variant: str, pretrained: bool, checkpoint_filt
     training size as ``rope_train_img_size`` (what ``rope_scaling`` scales to) and records it in its
     model args, so an export rebuilds the same training grid at any ``img_size``."""
     is_rope = is_rotary(kwargs.get('attn_pos'))
+    if pretrained:
+        check_has_weights(variant, kwargs)
     if is_rope and pretrained and infer_rope_train_size and kwargs.get('rope_train_img_size') is None:
         kwargs['rope_train_img_size'] = pretrained_img_size(variant, kwargs)
     model = build_model_with_cfg(
@@ -26,7 +28,16 @@ def build_model(model_cls: type, variant: str, pretrained: bool, checkpoint_filt
     )
     if is_rope and kwargs.get('rope_train_img_size') is not None:
         update_model_args(model, rope_train_img_size=to_2tuple(kwargs['rope_train_img_size']))
+    if 'img_size' in kwargs:
+        set_cfg_input_size(model, kwargs['img_size'])
     return model
+
+
+def set_cfg_input_size(model, img_size) -> None:
+    """Make the model's pretrained cfg report the size it is built at, so that timm's data config
+    (``resolve_model_data_config``) feeds it images of that size rather than the weights' training size."""
+    channels = model.pretrained_cfg.get('input_size', (3,))[0]
+    model.pretrained_cfg['input_size'] = (channels, *to_2tuple(img_size))
 
 
 def register_variant(name: str, create: Callable, model_args: Dict, doc: str, arch: Optional[str] = None):

@@ -13,8 +13,11 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageNetInfo
 from timm.models import resolve_pretrained_cfg
 
+from ..layers.rotary import TRAIN_GRID_BUFFER
+from ..layers.rpb import GRID_BUFFER
+
 __all__ = ['HUB_ORG', 'WEIGHTS_FILE', 'IN100_UPLOADED', 'Weights', 'SWIN_IN1K', 'imagenet100_wnids',
-           'base_cfg', 'pretrained_cfgs', 'pretrained_img_size', 'checked_filter']
+           'base_cfg', 'pretrained_cfgs', 'pretrained_img_size', 'check_has_weights', 'checked_filter']
 
 HUB_ORG = 'timm-pe'
 # Named explicitly so that timm loads safetensors and never falls back to unpickling a .bin from the network.
@@ -22,6 +25,7 @@ WEIGHTS_FILE = 'model.safetensors'
 # Architectures whose ``.in100`` weights are on the Hub under HUB_ORG; an architecture listed here gets its
 # ``.in100`` tag as the default when it has no ImageNet-1k weights.
 IN100_UPLOADED = frozenset()
+GRID_RECORDS = (f'.{TRAIN_GRID_BUFFER}', f'.{GRID_BUFFER}')
 
 
 class Weights(NamedTuple):
@@ -99,16 +103,18 @@ def _in1k_cfg(base: Dict[str, Any], weights: Weights) -> Dict[str, Any]:
         license=weights.license,
         origin_url=weights.origin_url,
         paper_name=weights.paper_name,
-        paper_ids=weights.paper_ids,
+        paper_ids=tuple(dict.fromkeys((*base.get('paper_ids', ()), weights.paper_ids))),
         description=f'ImageNet-1k weights of {weights.hf_hub_id}, converted to this architecture on load.',
     )
 
 
 def _in100_cfg(arch: str, base: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``.in100`` tag; it points to the Hub only once uploaded, so that timm does not list weights that do
+    not exist (``timm.list_pretrained``) and ``pretrained=True`` refuses it (see :func:`check_has_weights`)."""
+    hub = dict(hf_hub_id=f'{HUB_ORG}/{arch}.in100', hf_hub_filename=WEIGHTS_FILE) if arch in IN100_UPLOADED else {}
     return dict(
         base,
-        hf_hub_id=f'{HUB_ORG}/{arch}.in100',
-        hf_hub_filename=WEIGHTS_FILE,
+        **hub,
         num_classes=100,
         label_names=imagenet100_wnids(),
         label_descriptions=imagenet100_descriptions(),
@@ -138,6 +144,17 @@ def pretrained_cfgs(
     return cfgs
 
 
+def check_has_weights(variant: str, kwargs: Dict[str, Any]) -> None:
+    """Refuse ``pretrained=True`` for a tag with no weights anywhere (timm would warn and keep random weights)."""
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    if not cfg.has_weights:
+        tag = f'.{cfg.tag}' if cfg.tag else ''
+        raise ValueError(
+            f'{variant}{tag} has no weights to load: they are not published yet. Build it with pretrained=False, '
+            f"or load your own with pretrained_cfg_overlay=dict(file='model.safetensors'); tags with weights: "
+            f'timm.list_pretrained()')
+
+
 def pretrained_img_size(variant: str, kwargs: Dict[str, Any]) -> Tuple[int, int]:
     """Image size the weights about to be loaded were trained at: their pretrained cfg's ``input_size``.
 
@@ -161,7 +178,8 @@ def checked_filter(filter_fn: Callable) -> Callable:
     def filter_and_check(state_dict, model):
         state_dict = filter_fn(state_dict, model)
         expected, classifier = set(model.state_dict()), _classifier_keys(model)
-        missing = sorted(expected - set(state_dict) - classifier)
+        # grid records an older checkpoint lacks are filled in (and said so) by their modules on load
+        missing = sorted(k for k in expected - set(state_dict) - classifier if not k.endswith(GRID_RECORDS))
         unexpected = sorted(set(state_dict) - expected - classifier)
         if missing or unexpected:
             raise RuntimeError(

@@ -20,13 +20,16 @@ from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
 from ..layers import (ENCODINGS, OPTION_NAMES, PositionalAttention, RelativePositionBias, create_encoding,
-                      is_rotary, resize_rpb_table, resolve_options, table_grid)
-from ._builder import build_model, register_variant
-from ._pretrained import base_cfg, SWIN_IN1K, pretrained_cfgs
+                      is_rotary, resolve_options)
+from ..layers.rpb import GRID_BUFFER
+from ._builder import build_model, register_variant, set_cfg_input_size
+from ._pretrained import SWIN_IN1K, base_cfg, pretrained_cfgs
 
 __all__ = ['PeSwinTransformer', 'SwinWindowAttention', 'checkpoint_filter_fn', 'stage_windows']
 
 ATTN_POS = tuple(name for name, e in ENCODINGS.items() if 'swin' in e.families)
+SWIN_PAPER = 'arXiv:2103.14030'
+
 
 Size = Tuple[int, int]
 
@@ -229,6 +232,8 @@ class PeSwinTransformer(SwinTransformer):
         stage_windows(new_img, new_patch, windows, always_partition)
         super().set_input_size(img_size=img_size, patch_size=patch_size, window_size=window_size,
                                window_ratio=window_ratio, always_partition=always_partition)
+        if hasattr(self, 'pretrained_cfg'):
+            set_cfg_input_size(self, self.patch_embed.img_size)
 
     def forward_intermediates(
             self,
@@ -253,20 +258,20 @@ class PeSwinTransformer(SwinTransformer):
 
 def checkpoint_filter_fn(state_dict, model: PeSwinTransformer):
     """timm's Swin filter (drops the rebuilt buffers, resamples the patch embedding, maps Microsoft's original
-    layout), with RPB tables moved to ``attn.pos_enc`` and resized to the model's windows by our resizer.
-    RPB tables offered to a model without RPB are refused rather than dropped."""
+    layout), with RPB tables (and their recorded grids) moved to ``attn.pos_enc``, where the RPB module resizes
+    them to the model's windows on load. RPB tables offered to a model without RPB are refused rather than
+    dropped."""
     state_dict = state_dict.get('model', state_dict)
     state_dict = state_dict.get('state_dict', state_dict)
-    tables = {k: v for k, v in state_dict.items() if k.endswith('relative_position_bias_table')}
+    rpb_names = ('relative_position_bias_table', GRID_BUFFER)
+    tables = {k: v for k, v in state_dict.items() if k.endswith(rpb_names) and 'attn.' in k}
     if tables and model.attn_pos != 'rpb':
         raise ValueError(f'The checkpoint has relative position bias tables ({next(iter(tables))}, ...), which a '
                          f'{model.attn_pos} Swin has no place for; load it into an rpb model')
     out = timm_swin.checkpoint_filter_fn({k: v for k, v in state_dict.items() if k not in tables}, model)
-    for key, table in tables.items():
-        attn_key = key[:-len('relative_position_bias_table')].removesuffix('pos_enc.')
-        rpb = model.get_submodule(attn_key + 'pos_enc')
-        out[attn_key + 'pos_enc.relative_position_bias_table'] = resize_rpb_table(
-            table, table_grid(table.shape[0], rpb.grid, key), rpb.grid)
+    for key, value in tables.items():
+        attn_key, name = key.rsplit('.', 1)
+        out[f'{attn_key.removesuffix(".pos_enc")}.pos_enc.{name}'] = value
     return out
 
 
@@ -284,7 +289,9 @@ SIZES = {
 default_cfgs = generate_default_cfgs({
     name: cfg
     for size in SIZES for enc in ATTN_POS
-    for name, cfg in pretrained_cfgs(f'swin_{size}_{enc}', _cfg(), in1k=SWIN_IN1K.get(f'swin_{size}_{enc}')).items()
+    for name, cfg in pretrained_cfgs(
+        f'swin_{size}_{enc}', _cfg(paper_ids=tuple(dict.fromkeys((SWIN_PAPER, *ENCODINGS[enc].paper_ids)))),
+        in1k=SWIN_IN1K.get(f'swin_{size}_{enc}')).items()
 })
 
 

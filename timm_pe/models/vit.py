@@ -16,10 +16,11 @@ from timm.models._manipulate import checkpoint
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from ..layers import (ENCODINGS, OPTION_NAMES, PositionalAttention, RelativePositionBias, create_encoding,
-                      get_encoding, is_rotary, resize_rpb_table, resolve_options, sincos_2d_embed, table_grid)
-from ._builder import build_model, register_variant
-from ._pretrained import base_cfg, VIT_IN1K, pretrained_cfgs
+from ..layers import (ENCODINGS, OPTION_NAMES, TABLE_CACHE, PositionalAttention, RelativePositionBias,
+                      create_encoding, get_encoding, is_rotary, resolve_options, sincos_2d_embed)
+from ..layers.rotary import add_train_grids
+from ._builder import build_model, register_variant, set_cfg_input_size
+from ._pretrained import VIT_IN1K, base_cfg, pretrained_cfgs
 
 __all__ = ['PeVisionTransformer', 'checkpoint_filter_fn', 'convert_timm_rope_vit']
 
@@ -84,6 +85,8 @@ class PeVisionTransformer(VisionTransformer):
         )
         self.abs_pos = abs_pos
         self.attn_pos = attn_pos
+        if abs_pos == 'sincos':
+            TABLE_CACHE.hold(self, 'sincos2d')
         num_heads = self.blocks[0].attn.num_heads
         train_size = check_img_size(rope_train_img_size or kwargs['img_size'], patch_size)
         train_grid = (train_size[0] // patch_size[0], train_size[1] // patch_size[1])
@@ -100,10 +103,13 @@ class PeVisionTransformer(VisionTransformer):
         return names
 
     def set_input_size(self, img_size=None, patch_size=None) -> None:
-        """New model resolution: APE and RPB tables are resampled, RoPE and ALiBi need nothing."""
+        """New model resolution: APE and RPB tables are resampled, RoPE and ALiBi need nothing; the data
+        config follows."""
         if img_size is not None:
             img_size = check_img_size(img_size, patch_size or self.patch_embed.patch_size)
         super().set_input_size(img_size=img_size, patch_size=patch_size)
+        if hasattr(self, 'pretrained_cfg'):
+            set_cfg_input_size(self, self.patch_embed.img_size)
         for blk in self.blocks:
             if isinstance(blk.attn.pos_enc, RelativePositionBias):
                 blk.attn.pos_enc.set_grid(self.patch_embed.grid_size)
@@ -237,20 +243,26 @@ def convert_timm_rope_vit(state_dict: Dict[str, torch.Tensor], model: PeVisionTr
     return out
 
 
+# RPB table key of checkpoints saved before the layers were reorganised (same layout, another name)
+OLD_RPB_SUFFIX = '.pos_enc.table'
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PeVisionTransformer) -> Dict[str, torch.Tensor]:
-    """Adapt a checkpoint to ``model``: convert timm rope-vit (Eva) weights, resample APE to the model
-    grid, resize RPB tables. DeiT-III checkpoints need nothing more than the resampling."""
+    """Adapt a checkpoint to ``model``: convert timm rope-vit (Eva) weights (trained at the size the model's
+    pretrained cfg gives, recorded as their RoPE training grid), resample APE to the model grid, rename old
+    RPB keys. RPB tables of any grid are resized by the RPB module on load. DeiT-III checkpoints need
+    nothing more than the resampling."""
     state_dict = state_dict.get('model', state_dict.get('state_dict', state_dict))
     if 'rope.freqs' in state_dict or any('.gamma_1' in k for k in state_dict):
-        state_dict = convert_timm_rope_vit(state_dict, model)
+        state_dict = add_train_grids(convert_timm_rope_vit(state_dict, model), model)
     out = {}
     grid = model.patch_embed.grid_size
     for k, v in state_dict.items():
         if k == 'pos_embed' and model.pos_embed is not None and v.shape != model.pos_embed.shape:
             num_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
             v = resample_abs_pos_embed(v, new_size=grid, num_prefix_tokens=num_prefix, verbose=True)
-        elif k.endswith('pos_enc.relative_position_bias_table'):
-            v = resize_rpb_table(v, table_grid(v.shape[0], grid, k), grid)
+        elif k.endswith(OLD_RPB_SUFFIX):
+            k = k[:-len(OLD_RPB_SUFFIX)] + '.pos_enc.relative_position_bias_table'
         out[k] = v
     return out
 
@@ -275,8 +287,9 @@ VARIANTS = {
     **{f'{name}_ape': dict(abs_pos='learn', attn_pos=name) for name, e in ENCODINGS.items()
        if e.kind == 'rotary' and 'vit' in e.families},
 }
+# global_pool follows class_token (see _create_vit)
 DEIT3_ARGS = dict(patch_size=16, depth=12, mlp_ratio=4, qkv_bias=True, init_values=1e-5, class_token=True,
-                  no_embed_class=True, global_pool='token')
+                  no_embed_class=True)
 
 
 def variant_paper_ids(args: Dict) -> Tuple[str, ...]:
@@ -299,6 +312,8 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> PeVisionTransformer:
+    # DeiT-III pools the class token; a model without one averages the patch tokens
+    kwargs.setdefault('global_pool', 'token' if kwargs.get('class_token', True) else 'avg')
     return build_model(PeVisionTransformer, variant, pretrained, checkpoint_filter_fn,
                        feature_cfg=dict(out_indices=3, feature_cls='getter'), **kwargs)
 

@@ -16,6 +16,14 @@ def _resolve_backend(backend: Optional[str], device: torch.device) -> str:
         raise ValueError(f'Unknown RoPE backend {backend!r} (from argument or ${BACKEND_ENV}); allowed: {BACKENDS}')
     if backend == 'auto':
         return 'triton' if device.type == 'cuda' and triton_available() else 'torch'
+    if backend == 'triton':
+        if not triton_available():
+            raise ValueError(f"RoPE backend 'triton' (from argument or ${BACKEND_ENV}) needs the triton package; "
+                             f"install it or use backend 'torch' or 'auto'")
+        if device.type != 'cuda' and os.environ.get('TRITON_INTERPRET') != '1':
+            raise ValueError(f"RoPE backend 'triton' (from argument or ${BACKEND_ENV}) runs on CUDA tensors, got a "
+                             f"{device.type} tensor: use backend 'torch' or 'auto', or set TRITON_INTERPRET=1 before "
+                             f"triton is imported to run the kernel on CPU (slow; for tests)")
     return backend
 
 

@@ -1,11 +1,14 @@
 """``timm-pe bench``: inference (and ``--train`` training-step) throughput, latency and memory of
-models over resolutions, with each model's ratio to the APE model of the same size.
+models over resolutions, with each model's ratio to a baseline: the APE model of the same size, or
+``--baseline``.
 
 The CSV follows timm's ``benchmark.py`` (``infer_samples_per_sec``, ``infer_step_time`` in ms,
 ``infer_batch_size``, ``infer_img_size``, ``param_count`` in millions, and ``train_*`` alike), plus
-``*_tokens``, ``*_samples_per_sec_vs_ape`` and memory. Step time is the median over the timed steps,
-which a busy shared CPU disturbs less than the mean. Each model is built at each size (``img_size``),
-the way it would be deployed there, so APE and RPB are resampled once, not per step.
+``*_tokens``, memory, the ``baseline`` model and ``*_samples_per_sec_vs_<encoding>``, the ratio named after
+the baseline's encoding (``_vs_ape``, ``_vs_rpb``; ``_vs_baseline`` where models have different ones).
+Step time is the median over the timed steps, which a busy shared CPU disturbs less than the mean. Each
+model is built at each size (``img_size``), the way it would be deployed there, so APE and RPB are
+resampled once, not per step.
 
 Memory: ``*_peak_mem_mb`` is the CUDA allocator's peak over one step (CUDA only: CPU has no allocator
 statistics, and sampling resident memory missed short-lived blocks); ``train_saved_mb`` is what
@@ -18,7 +21,7 @@ import re
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, ContextManager, Dict, List, Optional
+from typing import Callable, ContextManager, Dict, Iterable, List, Optional
 
 import torch
 from torch import nn
@@ -40,6 +43,16 @@ def ape_baseline(model_name: str) -> Optional[str]:
     match = SIZE_PATTERN.match(model_name)
     name = f'{match["family"]}_{match["size"]}_ape' if match else None
     return name if name and timm.is_model(name) else None
+
+
+def baseline_label(baselines: Iterable[Optional[str]]) -> str:
+    """What the ratio columns are named after: the baselines' common encoding (``swin_tiny_rpb`` -> 'rpb'),
+    else 'baseline'."""
+    labels = set()
+    for name in filter(None, baselines):
+        match = SIZE_PATTERN.match(name)
+        labels.add(name[match.end():] if match else None)
+    return labels.pop() if len(labels) == 1 and None not in labels else 'baseline'
 
 
 def _sync(device: torch.device) -> None:
@@ -139,19 +152,21 @@ def _round(value: Optional[float]) -> Optional[float]:
     return None if value is None else round(value, 1)
 
 
-def add_ratios(rows: List[Dict[str, object]], baselines: Dict[str, Optional[str]]) -> None:
-    """``*_samples_per_sec_vs_ape``: throughput over the APE baseline's at the same size (1.0 = as fast)."""
+def add_ratios(rows: List[Dict[str, object]], baselines: Dict[str, Optional[str]], label: str) -> None:
+    """``baseline`` and ``*_samples_per_sec_vs_<label>``: throughput over the baseline's at the same size
+    (1.0 = as fast)."""
     by_key = {(r['model'], r['infer_img_size']): r for r in rows}
     for row in rows:
-        base = by_key.get((baselines.get(row['model']), row['infer_img_size']))
+        row['baseline'] = baselines.get(row['model'])
+        base = by_key.get((row['baseline'], row['infer_img_size']))
         for phase in ('infer', 'train'):
             key = f'{phase}_samples_per_sec'
             if key in row:
-                row[f'{key}_vs_ape'] = round(row[key] / base[key], 3) if base and key in base else None
+                row[f'{key}_vs_{label}'] = round(row[key] / base[key], 3) if base and key in base else None
 
 
-def plot_bench(rows: List[Dict[str, object]], path: Path, phase: str = 'infer') -> bool:
-    """Throughput and ratio to APE against the token count, one line per model. False if not plotted."""
+def plot_bench(rows: List[Dict[str, object]], path: Path, phase: str = 'infer', label: str = 'ape') -> bool:
+    """Throughput and ratio to the baseline against the token count, one line per model. False if not plotted."""
     plt = pyplot()
     if plt is None:
         return False
@@ -159,7 +174,7 @@ def plot_bench(rows: List[Dict[str, object]], path: Path, phase: str = 'infer') 
     x_key = f'{phase}_tokens' if all(r.get(f'{phase}_tokens') for r in rows) else f'{phase}_img_size'
     fig, (ax_speed, ax_ratio) = plt.subplots(1, 2, figsize=(12, 4.8))
     for model in models:
-        points = sorted((r[x_key], r[f'{phase}_samples_per_sec'], r.get(f'{phase}_samples_per_sec_vs_ape'))
+        points = sorted((r[x_key], r[f'{phase}_samples_per_sec'], r.get(f'{phase}_samples_per_sec_vs_{label}'))
                         for r in rows if r['model'] == model)
         ax_speed.plot([p[0] for p in points], [p[1] for p in points], marker='o', markersize=3, label=model)
         if all(p[2] is not None for p in points):
@@ -167,7 +182,7 @@ def plot_bench(rows: List[Dict[str, object]], path: Path, phase: str = 'infer') 
     ax_speed.set_yscale('log')
     ax_speed.set_ylabel(f'{phase} samples / s')
     ax_ratio.axhline(1., color='grey', linewidth=0.8)
-    ax_ratio.set_ylabel('throughput / APE throughput')
+    ax_ratio.set_ylabel(f'throughput / {label} throughput')
     for ax in (ax_speed, ax_ratio):
         ax.set_xlabel('tokens' if x_key.endswith('tokens') else 'image size (px)')
         ax.grid(alpha=0.3)
@@ -217,21 +232,23 @@ def run_bench(args: argparse.Namespace) -> int:
         rows.append(dict(model=name, **row, param_count=params))
         del model
     baselines.update({b: b for b in baselines.values() if b})
-    add_ratios(rows, baselines)
+    label = baseline_label(baselines.values())
+    add_ratios(rows, baselines, label)
     rows.sort(key=lambda r: (models.index(r['model']), r['infer_img_size']))
     columns = list(dict.fromkeys(['model'] + [k for r in rows for k in r if k.startswith('infer')] +
-                                 ['param_count'] + [k for r in rows for k in r if k.startswith('train')]))
+                                 ['param_count'] + [k for r in rows for k in r if k.startswith('train')] +
+                                 ['baseline']))
     results_file = args.results_file or args.output_dir / 'bench.csv'
     write_csv(rows, results_file, columns)
     for phase in ['infer', 'train'] if args.train else ['infer']:
-        if plot_bench(rows, args.output_dir / f'bench_{phase}.png', phase):
+        if plot_bench(rows, args.output_dir / f'bench_{phase}.png', phase, label):
             print(f'wrote {args.output_dir / f"bench_{phase}.png"}')
     show = ['model', 'infer_img_size', 'infer_tokens', 'infer_samples_per_sec', 'infer_step_time',
-            'infer_samples_per_sec_vs_ape']
+            f'infer_samples_per_sec_vs_{label}']
     if device.type == 'cuda':
         show.insert(-1, 'infer_peak_mem_mb')
     if args.train:
-        show += ['train_samples_per_sec', 'train_saved_mb', 'train_samples_per_sec_vs_ape']
+        show += ['train_samples_per_sec', 'train_saved_mb', f'train_samples_per_sec_vs_{label}']
     widths = {k: max(len(k), *(len(str(r.get(k))) for r in rows)) for k in show}
     print('  '.join(k.rjust(widths[k]) for k in show))
     for row in rows:

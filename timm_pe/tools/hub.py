@@ -27,6 +27,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--repo-id', help=f'Hub repo the card points to (default: {HUB_ORG}/<model>)')
     parser.add_argument('--template', type=Path, default=DEFAULT_TEMPLATE, help='model card template')
     parser.add_argument('--card-only', action='store_true', help='write README.md only, without weights')
+    parser.add_argument('--random-init', action='store_true',
+                        help='export the model as built, with freshly initialised (untrained) weights, e.g. for an '
+                             'architecture without weights yet; the card says they are untrained')
 
 
 def _create_for_export(args) -> torch.nn.Module:
@@ -38,6 +41,10 @@ def _create_for_export(args) -> torch.nn.Module:
     if args.card_only:
         with torch.device('meta'):
             return timm.create_model(args.model, **kwargs)
+    if args.random_init:
+        if args.checkpoint is not None:
+            raise SystemExit('--random-init exports untrained weights; it cannot be combined with --checkpoint')
+        return timm.create_model(args.model, **kwargs)
     overlay = None
     if args.checkpoint is not None:
         # a checkpoint is recorded as trained at the size it is exported at (RoPE's rope_train_img_size), with its head
@@ -56,7 +63,7 @@ def run_export(args: argparse.Namespace) -> None:
     recipe = f'```yaml\n{args.recipe.read_text().strip()}\n```' if args.recipe else None
     metrics = read_metrics(args.metrics, args.metrics_model) if args.metrics else ()
     out = export(model, args.out, model.pretrained_cfg['architecture'] if name.startswith('hf-hub:') else name,
-                 repo_id, metrics, recipe, args.template, args.card_only)
+                 repo_id, metrics, recipe, args.template, args.card_only, trained=not args.random_init)
     print(f'Wrote {", ".join(sorted(p.name for p in out.iterdir()))} to {out}')
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..layers import ROPE_SCALINGS
+from ..layers.rotary import TRAIN_GRID_BUFFER
 from .common import (add_model_arguments, add_runtime_arguments, autocast, input_dtype, is_rope_model, model_names,
                      param_count_millions, parse_sizes, prepare_model, pyplot, write_csv)
 
@@ -124,11 +125,13 @@ def create_models(name: str, checkpoint: Optional[Path], model_kwargs: Dict, rop
                   pretrained: bool, label: str) -> Dict[str, nn.Module]:
     """The model at every ``rope_scaling`` hook (RoPE models only), keyed by label or ``label+hook``.
 
-    Built with ``dynamic_img_size=True`` where the model takes it (timm CNNs do not, and need nothing);
-    the hooks scale from ``rope_train_img_size`` where the kwargs give it, else from the size built at.
+    Built with ``dynamic_img_size=True`` where the model takes it (timm CNNs do not, and need nothing).
+    The hooks scale from the training grid the checkpoint records; a checkpoint saved before timm-pe
+    recorded it needs the training size from the kwargs (``img_size``, as in a ``model_kwargs.json`` beside
+    it, or ``rope_train_img_size``), else the hooks are refused: they would scale from a guess.
     """
     import timm
-    from timm.models import load_checkpoint
+    from timm.models import load_state_dict
 
     kwargs = dict(checkpoint_model_args(checkpoint) if checkpoint else {}, **model_kwargs)
     pretrained = pretrained or name.startswith('hf-hub:')
@@ -142,12 +145,23 @@ def create_models(name: str, checkpoint: Optional[Path], model_kwargs: Dict, rop
             return timm.create_model(name, pretrained=pretrained, **dict(kwargs, **extra))
 
     base = build()
+    records_grid = True
     if checkpoint:
-        # the model family's own filter resamples APE / RPB tables saved at another grid
+        # the model family's own filter resamples APE / renames old keys; RPB modules resize their tables
+        state_dict = load_state_dict(str(checkpoint))
         filter_fn = getattr(sys.modules[type(base).__module__], 'checkpoint_filter_fn', None)
-        load_checkpoint(base, str(checkpoint), filter_fn=filter_fn)
+        if filter_fn is not None:
+            state_dict = filter_fn(state_dict, base)
+        records_grid = any(k.endswith(f'.{TRAIN_GRID_BUFFER}') for k in state_dict)
+        base.load_state_dict(state_dict)
     if not is_rope_model(base):
         return {label: base.eval()}
+    hooks = [s for s in rope_scalings if s != 'none']
+    if hooks and not (records_grid or 'img_size' in kwargs or 'rope_train_img_size' in kwargs):
+        raise ValueError(
+            f'{checkpoint} does not record the grid its RoPE layers were trained at (saved before timm-pe kept it '
+            f'with the weights), so rope_scaling {hooks} would scale from a guess: give the training size with '
+            f'--model-kwargs img_size=SIZE (or rope_train_img_size=SIZE), or evaluate with --rope-scaling none')
     train_size = kwargs.get('rope_train_img_size') or base.patch_embed.img_size
     models = {}
     for scaling in rope_scalings:

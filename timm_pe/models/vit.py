@@ -88,9 +88,12 @@ class PeVisionTransformer(VisionTransformer):
         num_heads = self.blocks[0].attn.num_heads
         train_size = check_img_size(rope_train_img_size or kwargs['img_size'], patch_size)
         train_grid = (train_size[0] // patch_size[0], train_size[1] // patch_size[1])
-        for blk in self.blocks:
-            enc = create_encoding(attn_pos, self.embed_dim // num_heads, num_heads, self.patch_embed.grid_size,
-                                  train_grid, **options)
+        shared = attn_pos is not None and get_encoding(attn_pos).shared
+        enc = None
+        for i, blk in enumerate(self.blocks):
+            if enc is None or not shared:
+                enc = create_encoding(attn_pos, self.embed_dim // num_heads, num_heads, self.patch_embed.grid_size,
+                                      train_grid, i, len(self.blocks), **options)
             blk.attn.set_position_encoding(enc, self.num_prefix_tokens)
 
     @torch.jit.ignore
@@ -122,6 +125,11 @@ class PeVisionTransformer(VisionTransformer):
         return super()._pos_embed(x)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with their absolute embedding; a forward starts here, so an encoding with random
+        train-time coordinates (DINOv3's RoPE, shared by all layers) draws them here, once."""
+        pos_enc = self.blocks[0].attn.pos_enc if len(self.blocks) else None
+        if self.training and getattr(pos_enc, 'augments', False):
+            pos_enc.redraw()
         x = self.patch_embed(x)
         x = self._pos_embed(x)
         x = self.patch_drop(x)

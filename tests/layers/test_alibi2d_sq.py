@@ -73,8 +73,16 @@ def test_sdpa_gets_no_mask_and_the_fused_cpu_kernel(monkeypatch):
 
 
 def test_padding_keeps_head_dims_aligned():
-    assert padded_dim(64) == 72 and padded_dim(16) == 24 and padded_dim(60) == 64
+    assert padded_dim(64) == 72 and padded_dim(16) == 24 and padded_dim(58) == 64
     q = k = v = torch.randn(2, 6, 17, 64)
     q2, k2, v2 = Alibi2dSquared(64, 6).extend_qkv(q, k, v, (4, 4), 1)
     assert q2.shape == k2.shape == v2.shape == (2, 6, 17, 72)
     assert torch.equal(v2[..., :64], v) and torch.all(v2[..., 64:] == 0)
+
+
+def test_extra_features_are_exact_in_half_precision_up_to_1024_px():
+    from timm_pe.layers.alibi2d_sq import alibi_sq_features
+    q, k = alibi_sq_features((64, 64), torch.device('cpu'), 6, 1, 8)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert torch.equal(q.to(dtype).float(), q) and torch.equal(k.to(dtype).float(), k)
+    assert k[0, 1:, 2].abs().max() > 1500  # |r|^2 itself would not be (bfloat16 steps by 8 there)

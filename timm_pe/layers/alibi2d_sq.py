@@ -4,8 +4,12 @@ bias_ij = -m_h |r_i - r_j|^2 = -m_h |r_i|^2 + 2 m_h r_i.r_j - m_h |r_j|^2, and t
 for a whole softmax row, so it can go. What is left is a dot product: the query gains
 m_h [2x_i, 2y_i, 1, |r_i|^2], the key [x_j, y_j, -|r_j|^2, 0]. A prefix (class) key is [0, 0, 0, 1],
 which gives it m_h |r_i|^2: after the row shift its bias is 0, as a prefix query's (all zeros) is
-everywhere. SDPA then gets no ``attn_mask``, so its fused kernels stay usable. Coordinates are centred
-on the grid, which keeps |r|^2 (and the rounding of the extra products in half precision) small.
+everywhere. SDPA then gets no ``attn_mask``, so its fused kernels stay usable.
+
+Half precision: coordinates are centred on the grid (half-integers, exact in bfloat16, like the power-of-two
+slopes), and |r|^2, which reaches about 2000 at 1024 px where bfloat16 steps by 8, is split into a
+bfloat16-exact high part and the remainder, two features each, so every extra feature is exact in
+bfloat16 and float16 and only SDPA's own accumulation rounds (benchmarks/attention_masks.py measures it).
 """
 from typing import Tuple
 
@@ -16,7 +20,7 @@ from . import grid as grids
 from .alibi2d import alibi_slopes
 from .grid import Grid, grid_coords
 
-NUM_FEATURES = 4
+NUM_FEATURES = 6  # 2x, 2y, 1, 1, |r|^2 high, |r|^2 low (see above)
 ALIGN = 8  # fused SDPA kernels want head dims that are multiples of 8
 
 
@@ -33,13 +37,16 @@ def alibi_sq_features(grid: Grid, device: torch.device, num_heads: int, num_pref
     x, y = grid_coords(grid, device)
     x, y = x - (w - 1) / 2, y - (h - 1) / 2
     r2 = x * x + y * y
+    r2_high = r2.to(torch.bfloat16).float()
+    r2_low = r2 - r2_high
     n, p = h * w, num_prefix_tokens
+    ones = torch.ones_like(x)
     q = torch.zeros(num_heads, p + n, width, device=device)
     k = torch.zeros(1, p + n, width, device=device)
-    q[:, p:, :NUM_FEATURES] = torch.stack([2 * x, 2 * y, torch.ones_like(x), r2], dim=-1)
+    q[:, p:, :NUM_FEATURES] = torch.stack([2 * x, 2 * y, ones, ones, r2_high, r2_low], dim=-1)
     q *= alibi_slopes(num_heads).to(device)[:, None, None]
-    k[0, p:, :3] = torch.stack([x, y, -r2], dim=-1)
-    k[0, :p, 3] = 1.
+    k[0, p:, :4] = torch.stack([x, y, -r2_high, -r2_low], dim=-1)
+    k[0, :p, 4:6] = 1.
     return q, k
 
 

@@ -7,7 +7,7 @@ Run from the repository root: ``python -m benchmarks.models``; writes ``results/
 """
 import sys
 
-from timm_pe.cli import main
+from timm_pe.tools.cli import main
 
 MODELS = [f'vit_small_{enc}' for enc in ('ape', 'nope', 'sincos', 'rope_axial', 'rope_mixed', 'rope_dinov3', 'alibi2d',
                                          'alibi2d_sq', 'lookhere', 'rpb')]

@@ -7,9 +7,10 @@ Run from the repository root: ``python -m benchmarks.models``; writes ``results/
 """
 import sys
 
-from timm_pe.cli import main
+from timm_pe.tools.cli import main
 
-MODELS = [f'vit_small_{enc}' for enc in ('ape', 'nope', 'sincos', 'rope_axial', 'rope_mixed', 'alibi2d', 'rpb')]
+MODELS = [f'vit_small_{enc}' for enc in ('ape', 'nope', 'sincos', 'rope_axial', 'rope_mixed', 'rope_dinov3', 'alibi2d',
+                                         'alibi2d_sq', 'lookhere', 'rpb')]
 PEERS = ['vit_small_patch16_rope_224', 'vit_relpos_small_patch16_224']
 
 if __name__ == '__main__':

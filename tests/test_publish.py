@@ -278,3 +278,19 @@ def test_cli_exports_a_model_without_weights_with_random_init(tmp_path):
     assert len(reloaded.blocks) == 1 and torch.isfinite(logits(reloaded)).all()
     with pytest.raises(ValueError, match='no weights to load'):  # without the flag: refused, not random
         cli_main(['export', 'vit_tiny_rope_mixed', str(tmp_path / 'refused'), '--model-kwargs', 'depth=1'])
+
+
+@pytest.mark.parametrize('name,options', [('vit_tiny_lookhere', dict(lookhere_directions='corners')),
+                                          ('vit_tiny_alibi2d_sq', {}),
+                                          ('vit_tiny_rope_dinov3', dict(rope_rescale_coords=1.5))])
+def test_new_encodings_export_and_reload_at_another_size(tmp_path, hub_cache, name, options):
+    model = timm.create_model(name, depth=2, embed_dim=48, **options)
+    hub_cache('someone/new-pe', exported_files(export(model, tmp_path / 'export')))
+    reloaded = timm.create_model('hf-hub:someone/new-pe', pretrained=True)
+    assert torch.equal(logits(reloaded), logits(model))
+    for option, value in options.items():
+        assert get_model_args(reloaded)[option] == value
+    at_320 = timm.create_model('hf-hub:someone/new-pe', pretrained=True, img_size=320)
+    model.set_input_size(img_size=320)
+    assert torch.equal(logits(at_320, 320), logits(model, 320))
+    assert 'rope_scaling' not in (tmp_path / 'export' / 'README.md').read_text()  # no RoPE hook they lack

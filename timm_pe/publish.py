@@ -20,7 +20,7 @@ from timm.models import get_pretrained_cfg, model_entrypoint, save_for_hf, split
 from timm.models._input import get_model_args
 
 from . import __version__
-from .layers import is_rotary
+from .layers import takes_rope_scaling
 from .models._pretrained import WEIGHTS_FILE
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent / 'templates' / 'model_card.md'
@@ -210,7 +210,7 @@ def render_card(
     cfg = model.pretrained_cfg
     arch = split_model_name_tag(model_name)[0]
     model_args = get_model_args(model)
-    is_rope = is_rotary(getattr(model, 'attn_pos', None))
+    is_rope = takes_rope_scaling(getattr(model, 'attn_pos', None))
     built_size = _size(cfg['input_size'])
     train_size = training_size(model, model_name) if trained else None
     dataset = _dataset(model_name, cfg) if trained else None

@@ -18,7 +18,7 @@ def small(name, **kwargs):
 
 def test_every_variant_is_registered():
     assert set(ALL_VITS) <= set(timm.list_models())
-    assert len(ALL_VITS) == 27
+    assert len(ALL_VITS) == 39
 
 
 @pytest.mark.parametrize('name', ALL_VITS)
@@ -53,7 +53,8 @@ def test_safetensors_round_trip(name, tmp_path):
     torch.testing.assert_close(model(x), clone(x), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize('name', ['vit_tiny_ape', 'vit_tiny_rope_mixed_ape', 'vit_tiny_rpb', 'vit_tiny_alibi2d'])
+@pytest.mark.parametrize('name', ['vit_tiny_ape', 'vit_tiny_rope_mixed_ape', 'vit_tiny_rpb', 'vit_tiny_alibi2d',
+                                  'vit_tiny_lookhere', 'vit_tiny_alibi2d_sq', 'vit_tiny_rope_dinov3'])
 def test_timm_model_contract(name):
     model = small(name, reg_tokens=2, global_pool='avg', drop_rate=.1, drop_path_rate=.1)
     x = torch.randn(2, 3, 224, 224)
@@ -122,7 +123,8 @@ def test_half_precision_keeps_float32_tables():
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize('name', ['vit_tiny_rope_mixed', 'vit_tiny_alibi2d', 'vit_tiny_rpb', 'vit_tiny_sincos'])
+@pytest.mark.parametrize('name', ['vit_tiny_rope_mixed', 'vit_tiny_alibi2d', 'vit_tiny_rpb', 'vit_tiny_sincos',
+                                  'vit_tiny_lookhere', 'vit_tiny_alibi2d_sq', 'vit_tiny_rope_dinov3'])
 def test_compiles_in_one_graph_and_fx_traces(name):
     model = small(name).eval()
     x = torch.randn(1, 3, 224, 224)

@@ -10,14 +10,28 @@ from ..ops import apply_rope
 torch.fx.wrap('apply_rope')
 
 
+def merge_masks(bias: torch.Tensor, attn_mask: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """An encoding's bias (float, or a bool mask of what may be seen) combined with a caller's mask."""
+    if bias.dtype == torch.bool:
+        if attn_mask is None:
+            return bias
+        bias = torch.zeros(bias.shape, dtype=dtype, device=bias.device).masked_fill_(~bias, float('-inf'))
+    bias = bias.to(dtype)
+    return bias if attn_mask is None else bias + attn_mask
+
+
+torch.fx.wrap('merge_masks')
+
+
 class PositionalAttention(nn.Module):
     """Multi-head self-attention carrying one position encoding, always through SDPA.
 
     Rotary encodings rotate q and k (prefix tokens excepted) on the way out of the fused qkv projection
-    and pass no mask, so the fused SDPA backends stay usable; bias encodings (ALiBi, RPB) go in as
-    ``attn_mask``. Parameter names match timm's ``Attention`` so timm checkpoints load unchanged, and the
-    constructor takes timm's ``Attention`` arguments so timm's blocks build it (``norm_layer`` only serves
-    ``qk_norm`` and ``scale_norm``, which are refused).
+    and pass no mask, so the fused SDPA backends stay usable; bias encodings (ALiBi, RPB, LookHere) go in
+    as ``attn_mask``; q/k encodings (``kind = 'qk'``, squared 2D ALiBi) extend q, k and v with extra
+    dimensions and also pass no mask. Parameter names match timm's ``Attention`` so timm checkpoints load
+    unchanged, and the constructor takes timm's ``Attention`` arguments so timm's blocks build it
+    (``norm_layer`` only serves ``qk_norm`` and ``scale_norm``, which are refused).
     """
 
     def __init__(
@@ -66,18 +80,22 @@ class PositionalAttention(nn.Module):
         B, N, C = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
         pos_enc = self.pos_enc
+        scale: Optional[float] = None
         if pos_enc is not None and pos_enc.kind == 'rotary':
             cos_sin = pos_enc.tables(grid, x.device)
             q, k, v = apply_rope(qkv, cos_sin[0], cos_sin[1], self.num_prefix_tokens)
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-            if pos_enc is not None:
-                bias = pos_enc.bias(grid, self.num_prefix_tokens, x.device).to(q.dtype)
-                attn_mask = bias if attn_mask is None else bias + attn_mask
+            if pos_enc is not None and pos_enc.kind == 'qk':
+                q, k, v = pos_enc.extend_qkv(q, k, v, grid, self.num_prefix_tokens)
+                scale = 1.
+            elif pos_enc is not None:
+                attn_mask = merge_masks(pos_enc.bias(grid, self.num_prefix_tokens, x.device), attn_mask, q.dtype)
         x = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attn_mask,
             dropout_p=self.attn_drop.p if self.training else 0.,
+            scale=scale,
         )
-        x = x.transpose(1, 2).reshape(B, N, C)
+        x = x[..., :self.head_dim].transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))

@@ -84,6 +84,8 @@ class RotaryEncoding(nn.Module):
     weights were trained at rather than to the grid this model was built with.
     """
     kind = 'rotary'
+    # False for variants with no test-time hook (normalised coordinates): they need no training grid
+    scales_with_train_grid = True
 
     def __init__(self, head_dim: int, theta: float, rope_fraction: float = 1., rope_scaling: str = 'none',
                  train_grid: Optional[Grid] = None):
@@ -92,11 +94,14 @@ class RotaryEncoding(nn.Module):
         self.theta = check_rope_theta(theta)
         self.rope_scaling = check_rope_scaling(rope_scaling)
         self.train_grid = tuple(int(s) for s in train_grid) if train_grid is not None else None
-        self.register_buffer(TRAIN_GRID_BUFFER, torch.tensor(self.train_grid or (0, 0), dtype=torch.int64))
+        if self.scales_with_train_grid:
+            self.register_buffer(TRAIN_GRID_BUFFER, torch.tensor(self.train_grid or (0, 0), dtype=torch.int64))
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         key = prefix + TRAIN_GRID_BUFFER
-        if key not in state_dict:
+        if not self.scales_with_train_grid:
+            pass
+        elif key not in state_dict:
             warnings.warn(
                 f'The checkpoint does not record the grid its RoPE layers were trained at (saved before timm-pe '
                 f'kept it with the weights): rope_scaling refers to the grid this model was built with, '
@@ -117,6 +122,6 @@ def add_train_grids(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Di
     """``state_dict`` with the model's own training grid for every RoPE layer it does not record: for
     weights converted from elsewhere, whose training size the model was built from (its pretrained cfg)."""
     for name, module in model.named_modules():
-        if isinstance(module, RotaryEncoding):
+        if isinstance(module, RotaryEncoding) and module.scales_with_train_grid:
             state_dict.setdefault(f'{name}.{TRAIN_GRID_BUFFER}', getattr(module, TRAIN_GRID_BUFFER).clone())
     return state_dict

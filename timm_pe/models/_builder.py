@@ -6,7 +6,7 @@ from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, register_model
 from timm.models._input import update_model_args
 
-from ..layers import is_rotary
+from ..layers import takes_rope_scaling
 from ._pretrained import check_has_weights, checked_filter, pretrained_img_size
 
 
@@ -15,7 +15,7 @@ def build_model(model_cls: type, variant: str, pretrained: bool, checkpoint_filt
     """``build_model_with_cfg`` with the checked filter; a RoPE model loading weights takes their
     training size as ``rope_train_img_size`` (what ``rope_scaling`` scales to) and records it in its
     model args, so an export rebuilds the same training grid at any ``img_size``."""
-    is_rope = is_rotary(kwargs.get('attn_pos'))
+    is_rope = takes_rope_scaling(kwargs.get('attn_pos'))
     if pretrained:
         check_has_weights(variant, kwargs)
     if is_rope and pretrained and infer_rope_train_size and kwargs.get('rope_train_img_size') is None:

@@ -20,7 +20,7 @@ from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
 from ..layers import (ENCODINGS, OPTION_NAMES, PositionalAttention, RelativePositionBias, create_encoding,
-                      is_rotary, resolve_options)
+                      takes_rope_scaling, resolve_options)
 from ..layers.rpb import GRID_BUFFER
 from ._builder import build_model, register_variant, set_cfg_input_size
 from ._pretrained import SWIN_IN1K, base_cfg, pretrained_cfgs
@@ -138,7 +138,7 @@ class PeSwinTransformer(SwinTransformer):
         if attn_pos not in ATTN_POS:
             raise ValueError(f'Unknown attn_pos {attn_pos!r}; allowed: {ATTN_POS}')
         options = resolve_options(attn_pos, 'swin', {k: kwargs.pop(k, None) for k in OPTION_NAMES})
-        if rope_train_img_size is not None and not is_rotary(attn_pos):
+        if rope_train_img_size is not None and not takes_rope_scaling(attn_pos):
             raise TypeError(f'rope_train_img_size only applies to RoPE models, not attn_pos={attn_pos!r}')
         img_size = to_2tuple(img_size)
         patch_size = kwargs.get('patch_size', 4)

@@ -17,7 +17,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from ..layers import (ENCODINGS, OPTION_NAMES, TABLE_CACHE, PositionalAttention, RelativePositionBias,
-                      create_encoding, get_encoding, is_rotary, resolve_options, sincos_2d_embed)
+                      create_encoding, get_encoding, takes_rope_scaling, resolve_options, sincos_2d_embed)
 from ..layers.rotary import add_train_grids
 from ._builder import build_model, register_variant, set_cfg_input_size
 from ._pretrained import VIT_IN1K, base_cfg, pretrained_cfgs
@@ -71,7 +71,7 @@ class PeVisionTransformer(VisionTransformer):
         if attn_pos is not None and get_encoding(attn_pos).kind == 'absolute':
             raise ValueError(f'attn_pos={attn_pos!r} is an absolute encoding; use abs_pos')
         options = resolve_options(attn_pos, 'vit', {k: kwargs.pop(k, None) for k in OPTION_NAMES})
-        if rope_train_img_size is not None and not is_rotary(attn_pos):
+        if rope_train_img_size is not None and not takes_rope_scaling(attn_pos):
             raise TypeError(f'rope_train_img_size only applies to RoPE models, not attn_pos={attn_pos!r}')
         if attn_pos is not None and kwargs.get('patch_drop_rate', 0.):
             raise ValueError('patch_drop_rate would drop tokens whose grid positions attention relies on')
@@ -90,9 +90,12 @@ class PeVisionTransformer(VisionTransformer):
         num_heads = self.blocks[0].attn.num_heads
         train_size = check_img_size(rope_train_img_size or kwargs['img_size'], patch_size)
         train_grid = (train_size[0] // patch_size[0], train_size[1] // patch_size[1])
-        for blk in self.blocks:
-            enc = create_encoding(attn_pos, self.embed_dim // num_heads, num_heads, self.patch_embed.grid_size,
-                                  train_grid, **options)
+        shared = attn_pos is not None and get_encoding(attn_pos).shared
+        enc = None
+        for i, blk in enumerate(self.blocks):
+            if enc is None or not shared:
+                enc = create_encoding(attn_pos, self.embed_dim // num_heads, num_heads, self.patch_embed.grid_size,
+                                      train_grid, i, len(self.blocks), **options)
             blk.attn.set_position_encoding(enc, self.num_prefix_tokens)
 
     @torch.jit.ignore
@@ -127,6 +130,11 @@ class PeVisionTransformer(VisionTransformer):
         return super()._pos_embed(x)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with their absolute embedding; a forward starts here, so an encoding with random
+        train-time coordinates (DINOv3's RoPE, shared by all layers) draws them here, once."""
+        pos_enc = self.blocks[0].attn.pos_enc if len(self.blocks) else None
+        if self.training and getattr(pos_enc, 'augments', False):
+            pos_enc.redraw()
         x = self.patch_embed(x)
         x = self._pos_embed(x)
         x = self.patch_drop(x)

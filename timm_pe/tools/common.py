@@ -10,7 +10,7 @@ import torch
 from timm.utils import ParseKwargs
 from torch import nn
 
-from ..layers import is_rotary
+from ..layers import takes_rope_scaling
 
 # a source checkout sits beside ../shared (see ../shared/data/README.md)
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'imagenette2-224'
@@ -79,7 +79,7 @@ def autocast(args: argparse.Namespace):
 
 
 def is_rope_model(model: nn.Module) -> bool:
-    return is_rotary(getattr(model, 'attn_pos', None))
+    return takes_rope_scaling(getattr(model, 'attn_pos', None))
 
 
 def param_count_millions(model: nn.Module) -> float:

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from ..layers import ROPE_SCALINGS, is_rotary
+from ..layers import ROPE_SCALINGS, takes_rope_scaling
 from ..models.vit import VARIANTS as VIT_VARIANTS
 from .common import DEFAULT_DATA_DIR, param_count_millions, parse_sizes, write_csv
 from .sweep import RESULTS_COLUMNS, accuracy_table, create_models, evaluate, plot_accuracy, result_row
@@ -251,7 +251,7 @@ def val_batches(val: ImageSet, size: int, batch_size: int):
 
 def is_rope_variant(variant: str) -> bool:
     model = VARIANTS[variant][0]
-    return is_rotary(VIT_VARIANTS[model.split('_', 2)[2]].get('attn_pos'))
+    return takes_rope_scaling(VIT_VARIANTS[model.split('_', 2)[2]].get('attn_pos'))
 
 
 def sweep_variants(variants: Sequence[str], val: ImageSet, sizes: Sequence[int], work_dir: Path,

@@ -64,3 +64,14 @@ def test_rpb_saves_more_for_backward_than_rope():
         model = timm.create_model(name, **kwargs)
         saved[name] = saved_for_backward_mb(model, lambda: model(x).sum())
     assert saved['vit_tiny_rpb'] > saved['vit_tiny_rope_axial']
+
+
+def test_bare_model_kwargs_builds_models_as_registered():
+    """benchmarks/models.py passes a bare --model-kwargs to measure full-depth models, not the shallow default."""
+    import argparse
+    from timm_pe.tools.bench import add_bench_arguments
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    assert parser.parse_args([]).model_kwargs is None
+    assert parser.parse_args(['--model-kwargs']).model_kwargs == {}
+    assert parser.parse_args(['--model-kwargs', 'depth=2']).model_kwargs == {'depth': 2}

@@ -80,3 +80,14 @@ def test_bench_swin_with_default_kwargs_names_the_ratio_after_its_baseline(tmp_p
     assert {r['baseline'] for r in rows} == {'swin_tiny_rpb'}
     assert [r['model'] for r in rows] == ['swin_tiny_rpb', 'swin_tiny_alibi2d']
     assert float(rows[0]['infer_samples_per_sec_vs_rpb']) == 1.
+
+
+def test_bare_model_kwargs_builds_models_as_registered():
+    """benchmarks/models.py passes a bare --model-kwargs to measure full-depth models, not the shallow default."""
+    import argparse
+    from timm_pe.tools.bench import add_bench_arguments
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    assert parser.parse_args([]).model_kwargs is None
+    assert parser.parse_args(['--model-kwargs']).model_kwargs == {}
+    assert parser.parse_args(['--model-kwargs', 'depth=2']).model_kwargs == {'depth': 2}

@@ -197,7 +197,9 @@ def plot_bench(rows: List[Dict[str, object]], path: Path, phase: str = 'infer', 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, required=False, default=DEFAULT_MODELS,
-                        kwargs_help='applied to every model (default: depth=4 for ViTs, depths=(2,2,2,2) for Swin)')
+                        kwargs_help='applied to every model (default: depth=4 for ViTs, depths=(2,2,2,2) for Swin; '
+                                    'a bare --model-kwargs builds the models as registered)')
+    parser.set_defaults(model_kwargs=None)  # None: not given, so the shallow defaults apply
     parser.add_argument('--sizes', type=parse_sizes, default=parse_sizes('64:384:64'),
                         help='image sizes, start:stop:step or a,b,c (default 64:384:64: 16 to 576 patches at /16)')
     parser.add_argument('-b', '--batch-size', type=int, default=8)
@@ -224,7 +226,7 @@ def run_bench(args: argparse.Namespace) -> int:
     bar = tqdm([(m, s) for s in args.sizes for m in models], desc='bench', dynamic_ncols=True)
     for name, size in bar:
         bar.set_postfix_str(f'{name} @{size}px')
-        kwargs = args.model_kwargs or default_kwargs(name, DEFAULT_KWARGS)
+        kwargs = default_kwargs(name, DEFAULT_KWARGS) if args.model_kwargs is None else args.model_kwargs
         model = timm.create_model(name, img_size=size, **kwargs)
         params = param_count_millions(model)
         row = bench_one(prepare_model(model, args), size, args.batch_size, device, args.warmup, args.iters,

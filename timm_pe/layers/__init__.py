@@ -5,7 +5,7 @@ Rotary encodings (``kind = 'rotary'``) expose ``tables(grid, device) -> (cos, si
 (``kind = 'bias'``) expose ``bias(grid, num_prefix_tokens, device) -> (heads, N, N)``. Absolute embeddings
 live in the model (timm's learned ``pos_embed``) or in ``sincos``.
 """
-from .alibi2d import Alibi2d, alibi_slopes
+from .alibi2d import ALIBI_SLOPES, Alibi2d, alibi_slopes
 from .attention import PositionalAttention
 from .grid import TABLE_CACHE, TableCache, grid_coords, grid_table, grid_table_builder
 from .registry import (ATTENTION_ENCODINGS, ENCODINGS, OPTION_NAMES, Encoding, create_encoding, get_encoding,

@@ -3,6 +3,7 @@ weights, finished runs and sweeps are cached per (variant, seed), every result f
 summary over seeds (mean, spread, rankings) is what the per-seed CSVs say."""
 import csv
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,8 @@ def test_seeds_are_cached_apart_and_summarised(fake_imagenette, tmp_path, capsys
     assert {r['img_size'] for r in read_csv(results / 'seed0' / 'results.csv')} == {'32', '64'}
     rows = {int(r['img_size']): r['seeds'] for r in read_csv(results / 'summary.csv')}
     assert rows == {32: '2', 48: '1', 64: '2'}
+    recipe = json.loads((results / 'recipe.json').read_text())
+    assert recipe['seeds'] == [0, 1] and recipe['sweep_sizes'] == [32, 48, 64] and 'seed' not in recipe['recipe']
 
 
 def write_seed_csv(folder: Path, top1: dict) -> None:

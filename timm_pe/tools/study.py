@@ -355,11 +355,14 @@ TRAIN_TIME_COLUMNS = ['variant', 'model', 'epochs', 'train_seconds', 'train_minu
                       'param_count']
 
 
-def write_recipe(results_dir: Path, recipe: Recipe, arch: Dict, sizes: Sequence[int], num_val: int) -> None:
-    """recipe.json: everything the runs share, machine-readable; the seeds are those in the results dir."""
-    seeds = sorted(int(p.parent.name[4:]) for p in results_dir.glob('seed*/results.csv'))
-    variants = sorted({r['model'].split('+')[0] for p in results_dir.glob('seed*/results.csv') for r in _read_csv(p)},
-                      key=_variant_order)
+def write_recipe(results_dir: Path, recipe: Recipe, arch: Dict, num_val: int) -> None:
+    """recipe.json: everything the runs share, machine-readable; seeds, variants and sizes are those the
+    per-seed CSVs in the results dir hold (earlier calls included)."""
+    csvs = sorted(results_dir.glob('seed*/results.csv'))
+    seeds = sorted(int(p.parent.name[4:]) for p in csvs)
+    rows = [r for p in csvs for r in _read_csv(p)]
+    variants = sorted({r['model'].split('+')[0] for r in rows}, key=_variant_order)
+    sizes = sorted({int(r['img_size']) for r in rows})
     recipe_doc = dict(
         recipe={k: v for k, v in dataclasses.asdict(recipe).items() if k != 'seed'}, seeds=seeds,
         seed_use=('torch.manual_seed(seed) before the model is built; the data order and augmentation of '
@@ -452,7 +455,7 @@ def run_study(args: argparse.Namespace) -> int:
                        TRAIN_TIME_COLUMNS, key='variant')
         print(f'seed {seed}:\n{accuracy_table(rows, "top1")}')
     write_recipe(args.results_dir, Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr),
-                 dict(STUDY_ARCH, **arch_overrides), args.sizes, len(val.labels))
+                 dict(STUDY_ARCH, **arch_overrides), len(val.labels))
     write_summary(args.results_dir, Recipe.train_img_size)
     print(f'results written to {args.results_dir}')
     return 0

@@ -151,7 +151,8 @@ def plot_summary(summary: Sequence[Mapping[str, object]], path: Path, train_size
         ax.set_title(title)
         ax.set_xlabel('test resolution (px)')
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc='lower right')
+        if panel:
+            ax.legend(fontsize=7, loc='lower right')
     axes[0].set_ylabel('top-1 (%), mean over seeds; band: min to max')
     fig.suptitle(f'Tiny ViT/8 trained at {train_size} px on Imagenette (grey: training size)')
     fig.tight_layout()

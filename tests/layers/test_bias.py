@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import timm
 import torch
 
 from timm_pe.layers import Alibi2d, TableCache, RelativePositionBias, alibi_slopes, relative_position_index
@@ -12,6 +13,42 @@ def test_alibi_slopes_power_of_two_and_not():
     torch.testing.assert_close(alibi_slopes(4), torch.tensor([2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8]))
     expected6 = [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8, 2 ** -1, 2 ** -3]
     torch.testing.assert_close(alibi_slopes(6), torch.tensor(expected6))
+
+
+def test_alibi_spread_slopes_keep_press_eight_head_range_for_any_head_count():
+    # for 8 heads Press et al.'s slopes already span 2^-1 .. 2^-8 in equal log steps: the spread is the same
+    torch.testing.assert_close(alibi_slopes(8, 'spread'), alibi_slopes(8))
+    for heads in (2, 3, 4, 6, 12):
+        log2 = alibi_slopes(heads, 'spread').double().log2()
+        torch.testing.assert_close(log2, torch.linspace(-1, -8, heads, dtype=torch.float64))
+    torch.testing.assert_close(alibi_slopes(1, 'spread'), torch.tensor([0.5]))
+    # the default is unchanged: 4 heads keep 2^-2 .. 2^-8
+    assert alibi_slopes(4).max() == 2 ** -2 and alibi_slopes(4, 'spread').max() == 2 ** -1
+
+
+@pytest.mark.parametrize('bad', [dict(num_heads=0), dict(num_heads=2.0), dict(num_heads=4, schedule='linear')])
+def test_alibi_slopes_reject_bad_input(bad):
+    with pytest.raises(ValueError, match='num_heads|alibi_slopes'):
+        alibi_slopes(**bad)
+
+
+def test_alibi_spread_option_reaches_the_model_bias():
+    kw = dict(img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=4, num_classes=3, init_values=0.)
+    press = timm.create_model('vit_tiny_alibi2d', **kw)
+    spread = timm.create_model('vit_tiny_alibi2d', alibi_slopes='spread', **kw)
+    spread.load_state_dict(press.state_dict())  # the option adds no weights
+    grid, prefix = (4, 4), 1
+    for model, schedule in ((press, 'press'), (spread, 'spread')):
+        bias = model.blocks[0].attn.pos_enc.bias(grid, prefix, CPU)
+        torch.testing.assert_close(bias, Alibi2d(4, schedule).bias(grid, prefix, CPU))
+        torch.testing.assert_close(bias[:, prefix + 0, prefix + 3], -alibi_slopes(4, schedule) * 3)
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.allclose(press.eval().forward_features(x), spread.eval().forward_features(x))
+    swin = timm.create_model('swin_tiny_alibi2d', alibi_slopes='spread', img_size=64, num_classes=3,
+                             embed_dim=24, depths=(1,), num_heads=(4,), window_size=4)
+    assert swin.layers[0].blocks[0].attn.pos_enc.slopes == 'spread'
+    with pytest.raises(ValueError, match="alibi_slopes='steep' is not known"):
+        timm.create_model('vit_tiny_alibi2d', alibi_slopes='steep', **kw)
 
 
 def test_alibi_bias_is_minus_slope_times_distance():

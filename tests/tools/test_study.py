@@ -1,7 +1,9 @@
 """timm-pe study end to end on a fake Imagenette: resume after an interrupt gives the uninterrupted
-weights, finished runs and sweeps are cached, and every result file is written."""
+weights, finished runs and sweeps are cached per (variant, seed), every result file is written, and the
+summary over seeds (mean, spread, rankings) is what the per-seed CSVs say."""
 import csv
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +31,15 @@ def fake_imagenette(tmp_path_factory) -> Path:
     return root
 
 
+def read_csv(path: Path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
 def study_args(data: Path, work: Path, *extra: str):
     return ['study', '--data-dir', str(data), '--work-dir', str(work / 'runs'), '--results-dir', str(work / 'results'),
             '--variants', 'ape', 'rope_axial', '--epochs', '2', '--batch-size', '4', '--sizes', '32,64',
-            '--model-kwargs', 'embed_dim=32', 'depth=1', 'num_heads=2', '--threads', '1', *extra]
+            '--model-kwargs', 'embed_dim=32', 'depth=1', 'num_heads=2', '--threads', '1', '--seeds', '0', *extra]
 
 
 def test_resume_after_interrupt_and_caching(fake_imagenette, tmp_path, monkeypatch, capsys):
@@ -49,25 +56,24 @@ def test_resume_after_interrupt_and_caching(fake_imagenette, tmp_path, monkeypat
     monkeypatch.setattr(study, '_save_atomic', save_then_die)
     with pytest.raises(KeyboardInterrupt):
         main(study_args(fake_imagenette, interrupted))
-    assert torch.load(interrupted / 'runs' / 'ape' / 'checkpoint.pt')['epoch'] == 0
-    assert not (interrupted / 'runs' / 'ape' / 'result.json').exists()
+    assert torch.load(interrupted / 'runs' / 'seed0' / 'ape' / 'checkpoint.pt')['epoch'] == 0
+    assert not (interrupted / 'runs' / 'seed0' / 'ape' / 'result.json').exists()
     monkeypatch.undo()
     capsys.readouterr()
 
     assert main(study_args(fake_imagenette, interrupted)) == 0
-    assert '[ape] resuming after epoch 1 of 2' in capsys.readouterr().out
+    assert '[ape seed 0] resuming after epoch 1 of 2' in capsys.readouterr().out
     for variant in ('ape', 'rope_axial'):
-        resumed = load_file(str(interrupted / 'runs' / variant / 'model.safetensors'))
-        straight = load_file(str(reference / 'runs' / variant / 'model.safetensors'))
+        resumed = load_file(str(interrupted / 'runs' / 'seed0' / variant / 'model.safetensors'))
+        straight = load_file(str(reference / 'runs' / 'seed0' / variant / 'model.safetensors'))
         assert resumed.keys() == straight.keys()
         assert all(torch.equal(resumed[k], straight[k]) for k in resumed), variant
 
     results = interrupted / 'results'
-    with open(results / 'results.csv') as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(results / 'seed0' / 'results.csv')
     assert {(r['model'], r['img_size']) for r in rows} == {
         (m, s) for m in ('ape', 'rope_axial', 'rope_axial+interp', 'rope_axial+ntk') for s in ('32', '64')}
-    for name in ('results.md', 'recipe.json', 'train_times.csv'):
+    for name in ('results.md', 'recipe.json', 'summary.csv', 'seed0/train_times.csv'):
         assert (results / name).stat().st_size > 0
     if importlib.util.find_spec('matplotlib'):
         assert (results / 'top1_vs_resolution.png').stat().st_size > 1000
@@ -91,3 +97,81 @@ def test_changed_recipe_is_refused(fake_imagenette, tmp_path):
 def test_missing_data_is_reported(tmp_path, capsys):
     assert main(study_args(tmp_path / 'absent', tmp_path)) == 2
     assert 'Imagenette not found' in capsys.readouterr().out
+
+
+def test_seeds_are_cached_apart_and_summarised(fake_imagenette, tmp_path, capsys):
+    assert main(study_args(fake_imagenette, tmp_path, '--variants', 'ape', '--seeds', '0', '1')) == 0
+    runs, results = tmp_path / 'runs', tmp_path / 'results'
+    first, second = (load_file(str(runs / f'seed{k}' / 'ape' / 'model.safetensors')) for k in (0, 1))
+    assert not torch.equal(first['pos_embed'], second['pos_embed'])
+    per_seed = {k: {int(r['img_size']): float(r['top1']) for r in read_csv(results / f'seed{k}' / 'results.csv')}
+                for k in (0, 1)}
+    summary = {int(r['img_size']): r for r in read_csv(results / 'summary.csv')}
+    for size in (32, 64):
+        values = [per_seed[0][size], per_seed[1][size]]
+        assert summary[size]['seeds'] == '2'
+        assert float(summary[size]['top1_mean']) == pytest.approx(sum(values) / 2, abs=1e-3)
+        assert float(summary[size]['top1_std']) == pytest.approx(abs(values[0] - values[1]) / 2 ** .5, abs=1e-3)
+    assert '### 64 px (1x the training size)' in (results / 'results.md').read_text()
+
+    # a later call adds a size to what is there; --no-train sweeps only finished runs
+    capsys.readouterr()
+    assert main(study_args(fake_imagenette, tmp_path, '--variants', 'ape', '--seeds', '1', '2', '--sizes', '48',
+                           '--no-train')) == 0
+    assert 'ape seed 2] not trained' in capsys.readouterr().out
+    assert not (runs / 'seed2').exists()
+    assert {r['img_size'] for r in read_csv(results / 'seed1' / 'results.csv')} == {'32', '48', '64'}
+    assert {r['img_size'] for r in read_csv(results / 'seed0' / 'results.csv')} == {'32', '64'}
+    rows = {int(r['img_size']): r['seeds'] for r in read_csv(results / 'summary.csv')}
+    assert rows == {32: '2', 48: '1', 64: '2'}
+    recipe = json.loads((results / 'recipe.json').read_text())
+    assert recipe['seeds'] == [0, 1] and recipe['sweep_sizes'] == [32, 48, 64] and 'seed' not in recipe['recipe']
+
+
+def write_seed_csv(folder: Path, top1: dict) -> None:
+    folder.mkdir(parents=True)
+    rows = [dict(model=m, img_size=s, top1=v, top5=v, param_count=1.) for (m, s), v in top1.items()]
+    study.write_csv(rows, folder / 'results.csv', study.RESULTS_COLUMNS)
+
+
+def test_summary_ranks_and_marks_only_gaps_beyond_every_seed(tmp_path):
+    # a: always ahead of c; b: mean between them but its seeds overlap both
+    by_seed = {0: dict(a=60., b=55., c=50.), 1: dict(a=61., b=62., c=51.), 2: dict(a=59., b=50.5, c=52.)}
+    for seed, values in by_seed.items():
+        write_seed_csv(tmp_path / f'seed{seed}', {(m, 64): v for m, v in values.items()} | {('a', 96): 1. + seed})
+    assert main(['study', '--summary-only', '--results-dir', str(tmp_path)]) == 0
+    text = (tmp_path / 'results.md').read_text()
+    assert '| 1 | a | 60.00 ± 1.00 | 59.00 - 61.00 | 3 | 3 |' in text
+    assert '| 2 | b | 55.83 ± 5.80 | 50.50 - 62.00 | 3 | - |' in text
+    assert '| 3 | c | 51.00 ± 1.00 | 50.00 - 52.00 | 3 | - |' in text
+    summary = {(r['model'], r['img_size']): r for r in read_csv(tmp_path / 'summary.csv')}
+    assert summary['a', '96']['top1_min'] == '1.0' and summary['a', '96']['top1_max'] == '3.0'
+
+
+def test_summary_without_seed_results_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match='no seed<k>/results.csv'):
+        main(['study', '--summary-only', '--results-dir', str(tmp_path)])
+
+
+def test_unregistered_variant_is_refused(fake_imagenette, tmp_path, monkeypatch):
+    monkeypatch.setitem(study.VARIANTS, 'future', ('vit_tiny_not_registered', {}))
+    with pytest.raises(SystemExit, match='not registered'):
+        study.run_study(study.argparse.Namespace(
+            summary_only=False, threads=1, data_dir=fake_imagenette, variants=['future']))
+
+
+def test_checkpoint_with_the_old_rpb_key_loads(tmp_path):
+    """Runs saved before the layers/ layout name the RPB table ``pos_enc.table``."""
+    import timm
+    from safetensors.torch import save_file
+    from timm.models import load_checkpoint
+    from timm_pe.models.vit import checkpoint_filter_fn
+
+    kw = dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=3)
+    saved = timm.create_model('vit_tiny_rpb', **kw)
+    old = {k.replace('relative_position_bias_table', 'table'): v for k, v in saved.state_dict().items()}
+    assert 'blocks.0.attn.pos_enc.table' in old
+    save_file(old, str(tmp_path / 'model.safetensors'))
+    loaded = timm.create_model('vit_tiny_rpb', **kw)
+    load_checkpoint(loaded, str(tmp_path / 'model.safetensors'), filter_fn=checkpoint_filter_fn)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in saved.state_dict().items())

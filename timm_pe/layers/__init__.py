@@ -7,7 +7,7 @@ a pure restriction); q/k encodings (``kind = 'qk'``) expose ``extend_qkv(q, k, v
 whose outputs SDPA takes at ``scale=1`` with no mask. Absolute embeddings live in the model (timm's learned
 ``pos_embed``) or in ``sincos``.
 """
-from .alibi2d import Alibi2d, alibi_slopes
+from .alibi2d import ALIBI_SLOPES, Alibi2d, alibi_slopes
 from .alibi2d_sq import Alibi2dSquared
 from .attention import PositionalAttention
 from .grid import TABLE_CACHE, TableCache, grid_coords, grid_table, grid_table_builder

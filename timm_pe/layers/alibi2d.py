@@ -9,9 +9,28 @@ from . import grid as grids
 from .grid import Grid, grid_coords
 
 
-def alibi_slopes(num_heads: int) -> torch.Tensor:
-    """ALiBi slopes (Press et al.): 2^(-8j/h) for h a power of two; otherwise those of the nearest
-    lower power of two followed by every other slope of twice that power."""
+# 'press': Press et al.'s slopes for h heads; 'spread': the range their slopes span for 8 heads
+# (2^-1 .. 2^-8, and for any h >= 8) spread geometrically over any head count
+ALIBI_SLOPES = ('press', 'spread')
+
+
+def alibi_slopes(num_heads: int, schedule: str = 'press') -> torch.Tensor:
+    """Per-head ALiBi slopes.
+
+    ``'press'`` (Press et al.): 2^(-8j/h), j = 1..h, for h a power of two; otherwise those of the nearest
+    lower power of two followed by every other slope of twice that power. With few heads this drops the
+    steep slopes (4 heads: 2^-2 .. 2^-8), so on a small grid the bias is weak.
+    ``'spread'``: 2^-1 .. 2^-8 in equal log steps over the h heads (one head: 2^-1), the range
+    Press et al. give 8 heads, so a few-head model keeps a strongly local head as well as a nearly flat one.
+    """
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f'num_heads must be a positive int, got {num_heads!r}')
+    if schedule not in ALIBI_SLOPES:
+        raise ValueError(f'alibi_slopes={schedule!r} is not known; allowed: {ALIBI_SLOPES}')
+    if schedule == 'spread':
+        step = 7 / (num_heads - 1) if num_heads > 1 else 0.
+        return torch.tensor([2 ** (-1 - step * j) for j in range(num_heads)], dtype=torch.float32)
+
     def power_of_two_slopes(n: int):
         return [2 ** (-8 * j / n) for j in range(1, n + 1)]
 
@@ -30,11 +49,12 @@ def pad_prefix(bias: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
 
 
 @grids.grid_table_builder('alibi2d')
-def alibi_bias(grid: Grid, device: torch.device, num_heads: int, num_prefix_tokens: int) -> torch.Tensor:
+def alibi_bias(grid: Grid, device: torch.device, num_heads: int, num_prefix_tokens: int,
+               slopes: str = 'press') -> torch.Tensor:
     """(heads, N, N) float32 bias, N = prefix + H*W."""
     x, y = grid_coords(grid, device)
     distance = torch.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
-    bias = -alibi_slopes(num_heads).to(device)[:, None, None] * distance
+    bias = -alibi_slopes(num_heads, slopes).to(device)[:, None, None] * distance
     return pad_prefix(bias, num_prefix_tokens)
 
 
@@ -42,11 +62,16 @@ class Alibi2d(nn.Module):
     """Fixed 2D ALiBi bias; the same for every layer, so built once per grid and cached."""
     kind = 'bias'
 
-    def __init__(self, num_heads: int):
+    def __init__(self, num_heads: int, slopes: str = 'press'):
         super().__init__()
+        alibi_slopes(num_heads, slopes)  # a bad head count or schedule fails here, not at the first forward
         self.num_heads = num_heads
         grids.TABLE_CACHE.hold(self, 'alibi2d')
+        self.slopes = slopes
+
+    def extra_repr(self) -> str:
+        return f'num_heads={self.num_heads}, slopes={self.slopes!r}'
 
     def bias(self, grid: Grid, num_prefix_tokens: int, device: torch.device) -> torch.Tensor:
         """(heads, N, N) float32 additive logits bias, N = prefix + H*W."""
-        return grids.grid_table('alibi2d', grid, device, self.num_heads, num_prefix_tokens)
+        return grids.grid_table('alibi2d', grid, device, self.num_heads, num_prefix_tokens, self.slopes)

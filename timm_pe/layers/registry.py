@@ -65,6 +65,10 @@ def _rope_options(vit_theta: float, swin_theta: float) -> Dict[str, Dict[str, An
     }
 
 
+def _alibi2d(head_dim, num_heads, grid, train_grid, layer, depth, alibi_slopes):
+    return Alibi2d(num_heads, alibi_slopes)
+
+
 ROPE_PAPER = 'arXiv:2403.13298'
 ENCODINGS: Dict[str, Encoding] = {e.name: e for e in (
     Encoding('ape', 'absolute', 'learned absolute embedding (the standard ViT baseline)',
@@ -76,8 +80,8 @@ ENCODINGS: Dict[str, Encoding] = {e.name: e for e in (
     Encoding('rope_mixed', 'rotary', 'RoPE-Mixed: learnable per-layer, per-head 2D frequencies',
              (ROPE_PAPER,), _rope_mixed, _rope_options(10., 10.), FAMILIES),
     Encoding('alibi2d', 'bias', '2D ALiBi: Euclidean patch distance times per-head slopes',
-             ('arXiv:2311.00566', 'arXiv:2108.12409'), lambda head_dim, num_heads, *_: Alibi2d(num_heads),
-             families=FAMILIES),
+             ('arXiv:2311.00566', 'arXiv:2108.12409'), _alibi2d, {'alibi_slopes': {'vit': 'press', 'swin': 'press'}},
+             FAMILIES),
     Encoding('rpb', 'bias', 'learned relative position bias table over every patch offset',
              ('arXiv:2103.14030',), lambda head_dim, num_heads, grid, *_: RelativePositionBias(num_heads, grid),
              families=FAMILIES),

@@ -266,6 +266,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PeVisionTra
     out = {}
     grid = model.patch_embed.grid_size
     for k, v in state_dict.items():
+        if k.endswith('.pos_enc.table'):  # the RPB parameter's name before the layers/ layout
+            k = k[:-len('table')] + 'relative_position_bias_table'
         if k == 'pos_embed' and model.pos_embed is not None and v.shape != model.pos_embed.shape:
             num_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
             v = resample_abs_pos_embed(v, new_size=grid, num_prefix_tokens=num_prefix, verbose=True)

@@ -2,9 +2,10 @@
 timm and torch.compile, and the thesis (RoPE keeps the fused SDPA kernels, biases do not) measured on
 whole models.
 
-On the device machine, from the source tree (no install; torch, triton, timm and matplotlib of its image)::
+On the device machine, from the source tree (no install; torch, triton, timm and matplotlib of its image),
+as one device ``run`` with ``timeout_s`` 540 (eight files come back: the seven below and the log)::
 
-    PYTHONPATH=. PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu --out $OUT
+    set -o pipefail; PYTHONPATH=. PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu --out $OUT 2>&1 | tee $OUT/gpu.log
 
 It is sized to finish in about 5 minutes on one H200 (``--budget-s`` stops starting model rows past
 that many seconds and records them as skipped). If the image's timm is older than pyproject.toml's
@@ -50,6 +51,11 @@ if ARGS is not None and ARGS.smoke:  # before the kernels are first imported: Tr
 import torch  # noqa: E402
 
 import timm  # noqa: E402
+
+if ARGS is not None and tuple(int(p) for p in timm.__version__.split('.')[:3] if p.isdigit()) < MIN_TIMM:
+    sys.exit(f'timm {timm.__version__} is older than {".".join(map(str, MIN_TIMM))}: carry a wheel (see this '
+             "script's docstring)")
+
 import timm_pe  # noqa: E402,F401
 from timm_pe.ops import apply_rope  # noqa: E402
 from timm_pe.tools.bench import cuda_peak_memory_mb  # noqa: E402
@@ -207,8 +213,9 @@ def kernel_speed(device: torch.device, smoke: bool, out_dir: Path) -> List[dict]
     plain_compiled = torch.compile(plain_rope, dynamic=True, backend=backend)
 
     def rope_grad_step(fn, qkv, cos, sin):
-        q, k, v = fn(qkv, cos, sin)
-        torch.autograd.backward((q, k, v), (q, k, v))  # any gradient of the right shape: only the pass is timed
+        outputs = fn(qkv, cos, sin)
+        # any gradient of the right shape (only the pass is timed); grad() leaves no .grad to accumulate into
+        torch.autograd.grad(outputs, qkv, [t.detach() for t in outputs])
 
     rows = []
     for model, B, N, dtype in speed_shapes(smoke):
@@ -374,11 +381,6 @@ def environment(device: torch.device) -> Dict[str, object]:
 
 
 def main(args) -> int:
-    version = tuple(int(p) for p in timm.__version__.split('.')[:3] if p.isdigit())
-    if version < MIN_TIMM:
-        print(f'timm {timm.__version__} is older than {".".join(map(str, MIN_TIMM))}: carry a wheel (see this '
-              f"script's docstring)")
-        return 2
     if not args.smoke and not torch.cuda.is_available():
         print('no CUDA device: run with --smoke for the CPU check')
         return 2

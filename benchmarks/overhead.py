@@ -8,6 +8,7 @@ baseline taken two ways, the ratio of medians and the median of the per-round ra
 the steadier on a noisy machine). Nothing here asserts on time.
 """
 import argparse
+import ast
 import csv
 import os
 import statistics
@@ -96,7 +97,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    import ast
     kwargs = {k: ast.literal_eval(v) for k, v in (item.split('=', 1) for item in args.model_kwargs)}
 
     rows = []

@@ -29,17 +29,17 @@ def _rotate_into(x: torch.Tensor, y: torch.Tensor, cos: torch.Tensor, sin: torch
     the reference (no FMA: float32 is bit-identical).
     """
     half, n = cos.shape[-1], x.numel()
-    product = scratch[:n // 2].view(*x.shape[:-1], half)
+    x1_sin, x2_sin = (scratch[i * n // 2:(i + 1) * n // 2].view(*x.shape[:-1], half) for i in range(2))
     if x.dtype != torch.float32:
         x = scratch[n:2 * n].view(x.shape).copy_(x)
     out = y if y.dtype == torch.float32 else scratch[2 * n:3 * n].view(y.shape)
     x1, x2, out1, out2 = x[..., :half], x[..., half:], out[..., :half], out[..., half:]
+    torch.mul(x1, sin, out=x1_sin)  # both sine products first, so that y may be x itself (in place)
+    torch.mul(x2, sin, out=x2_sin)
     torch.mul(x1, cos, out=out1)
-    torch.mul(x2, sin, out=product)
-    out1.add_(product) if inverse else out1.sub_(product)
+    out1.add_(x2_sin) if inverse else out1.sub_(x2_sin)
     torch.mul(x2, cos, out=out2)
-    torch.mul(x1, sin, out=product)
-    out2.sub_(product) if inverse else out2.add_(product)
+    out2.sub_(x1_sin) if inverse else out2.add_(x1_sin)
     if out is not y:
         y.copy_(out)
 
@@ -58,9 +58,9 @@ def _rope_into(xs, ys, cos: torch.Tensor, sin: torch.Tensor, num_prefix_tokens: 
     step = _batch_step(xs[0], p, rot)
     scratch = torch.empty(3 * min(step, B) * H * (N - p) * rot, device=xs[0].device)
     for x, y in zip(xs, ys):
-        if p:
+        if p and y is not x:
             y[..., :p, :].copy_(x[..., :p, :])
-        if rot < D:
+        if rot < D and y is not x:
             y[..., p:, rot:].copy_(x[..., p:, rot:])
         for b in range(0, B, step):
             _rotate_into(x[b:b + step, :, p:, :rot], y[b:b + step, :, p:, :rot], cos, sin, inverse, scratch)
@@ -120,6 +120,23 @@ def _rope_expression(
 
     q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     return rotate(q), rotate(k)
+
+
+def rope_qkv_torch_inplace(
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        num_prefix_tokens: int = 0,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rotate q and k inside ``qkv`` (no gradient is recorded) and return q, k, v as views of it.
+
+    For inference, where the qkv projection's output has no other reader: nothing is allocated, and
+    attention sees the same strided q, k, v as an unrotated model does.
+    """
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    with torch.no_grad():
+        _rope_into((q, k), (q, k), cos, sin, num_prefix_tokens)
+    return q, k, v
 
 
 def rope_qkv_torch(

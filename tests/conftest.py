@@ -13,7 +13,10 @@ def kernels_run_here() -> bool:
         return False
     from triton.runtime.interpreter import InterpretedFunction
     from timm_pe.ops import rope_triton
-    return isinstance(rope_triton._rope_fwd_kernel, InterpretedFunction)
+    kernel = rope_triton._rope_fwd_kernel
+    while not isinstance(kernel, InterpretedFunction) and hasattr(kernel, 'fn'):  # through the autotuner
+        kernel = kernel.fn
+    return isinstance(kernel, InterpretedFunction)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,8 +3,14 @@
 Layout conventions are those of ``rope_torch``. The kernels run on CUDA, or on CPU tensors under
 ``TRITON_INTERPRET=1`` (which is how the tests run them). They are wrapped as ``torch.library``
 custom ops with fake and autograd registrations so ``torch.compile(fullgraph=True)`` and
-``torch.fx.symbolic_trace`` see one opaque node instead of a Triton launch.
+``torch.fx.symbolic_trace`` see one opaque node instead of a Triton launch; eager, they run inside the
+autograd node of ``rope_autograd`` instead, whose backward also takes v's gradient.
+
+Tile height (tokens per program) and warps are picked by Triton's autotuner per head dim and dtype
+(and, backward, per table-gradient and dv variant) from ``_CONFIGS``, pruned to tiles of 512 to 16384
+elements; the first call of each key times the survivors on the GPU.
 """
+import os
 from typing import List, Optional, Tuple
 
 import torch
@@ -12,8 +18,35 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-# Elements per (tokens x head_dim) tile; each program rotates one such tile of q and of k.
-_TILE = 4096
+from .rope_autograd import rope_qkv_eager, v_view
+
+# symbolic tracing only (torch.export counts as compiling); older torch has the broader check alone
+_fx_symbolic_tracing = getattr(torch.fx._symbolic_trace, 'is_fx_symbolic_tracing', torch.fx._symbolic_trace.is_fx_tracing)
+
+# (tokens per tile, warps): small tiles for short sequences and narrow heads, tall ones for big launches
+_CONFIGS = [triton.Config({'BLOCK_N': n}, num_warps=w) for n, w in
+            ((8, 2), (16, 4), (32, 4), (64, 4), (64, 8), (128, 8))]
+# the tile of 4096 elements the interpreter runs (it cannot time configs)
+_INTERPRETER_TILE = 4096
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Configs whose tile (BLOCK_N x BLOCK_D) holds 512 to 16384 elements and is no taller than the
+    sequence; under the interpreter only the one nearest ``_INTERPRETER_TILE`` elements."""
+    block_d, tokens = kwargs['BLOCK_D'], max(8, triton.next_power_of_2(named_args['N']))
+
+    def tile(config):
+        return config.kwargs['BLOCK_N'] * block_d
+
+    fitting = [c for c in configs if c.kwargs['BLOCK_N'] <= tokens and 512 <= tile(c) <= 16384]
+    fitting = fitting or [min(configs, key=lambda c: abs(tile(c) - _INTERPRETER_TILE))]
+    if os.environ.get('TRITON_INTERPRET') == '1':
+        return [min(fitting, key=lambda c: abs(tile(c) - _INTERPRETER_TILE))]
+    return fitting
+
+
+def _autotune(*keys):
+    return triton.autotune(configs=_CONFIGS, key=['D', *keys], prune_configs_by={'early_config_prune': _prune_configs})
 
 
 @triton.jit
@@ -30,6 +63,7 @@ def _rope_tile(COS, SIN, pid_n, h, N, P, HALF, stride_th, stride_tn, BLOCK_N: tl
     return n, d, lower, rot, partner, c, s
 
 
+@_autotune()
 @triton.jit
 def _rope_fwd_kernel(
         QKV, OUT, COS, SIN, N, D, P, HALF,
@@ -52,16 +86,20 @@ def _rope_fwd_kernel(
         tl.store(y_ptr, y.to(OUT.dtype.element_ty), mask=mask)
 
 
+@_autotune('TABLE_GRAD', 'HAS_DV')
 @triton.jit
 def _rope_bwd_kernel(
-        DY, QKV, DQKV, COS, SIN, DCOS, DSIN, N, D, P, HALF, R,
-        stride_g2, stride_gb, stride_gh, stride_gn, stride_gd,
+        DQ, DK, DV, QKV, DQKV, COS, SIN, DCOS, DSIN, N, D, P, HALF, R,
+        stride_qb, stride_qh, stride_qn, stride_qd,
+        stride_kb, stride_kh, stride_kn, stride_kd,
+        stride_vb, stride_vh, stride_vn, stride_vd,
         stride_xb, stride_xn, stride_x3, stride_xh, stride_xd,
         stride_db, stride_dn, stride_d3, stride_dh,
         stride_th, stride_tn,
-        TABLE_GRAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        TABLE_GRAD: tl.constexpr, HAS_DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """dx = inverse rotation of dy (zeros in the v slot); with TABLE_GRAD, this tile's part of dcos, dsin.
+    """dq, dk = inverse rotation of their gradients, dv copied (zeros without DV), all into one dqkv; with
+    TABLE_GRAD, this tile's part of dcos, dsin.
 
     dcos = dy1 x1 + dy2 x2 and dsin = dy2 x1 - dy1 x2, summed over q and k here and over batch and heads
     by the caller from the (batch, heads, rows, half) partials, which keeps the result deterministic.
@@ -74,7 +112,12 @@ def _rope_bwd_kernel(
     dcos = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dsin = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     for i in tl.static_range(2):
-        dy_ptr = DY + i * stride_g2 + b * stride_gb + h * stride_gh + n * stride_gn
+        if i == 0:
+            dy_ptr = DQ + b * stride_qb + h * stride_qh + n * stride_qn
+            stride_gd = stride_qd
+        else:
+            dy_ptr = DK + b * stride_kb + h * stride_kh + n * stride_kn
+            stride_gd = stride_kd
         dy = tl.load(dy_ptr + d * stride_gd, mask=mask).to(tl.float32)
         dy_partner = tl.load(dy_ptr + partner * stride_gd, mask=rot).to(tl.float32)
         dx = tl.where(rot, dy * c + dy_partner * s, dy)
@@ -85,23 +128,24 @@ def _rope_bwd_kernel(
             x_partner = tl.load(x_ptr + partner * stride_xd, mask=rot).to(tl.float32)
             dcos += dy * x + dy_partner * x_partner
             dsin += dy_partner * x - dy * x_partner
-    tl.store(dx_ptr + 2 * stride_d3, tl.zeros((BLOCK_N, BLOCK_D), dtype=DQKV.dtype.element_ty), mask=mask)
+    if HAS_DV:
+        dv = tl.load(DV + b * stride_vb + h * stride_vh + n * stride_vn + d * stride_vd, mask=mask)
+    else:
+        dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    tl.store(dx_ptr + 2 * stride_d3, dv.to(DQKV.dtype.element_ty), mask=mask)
     if TABLE_GRAD:
         t = (b * tl.num_programs(1) + h) * R * HALF + (n - P) * HALF + d
         tl.store(DCOS + t, dcos, mask=rot & lower)
         tl.store(DSIN + t, dsin, mask=rot & lower)
 
 
-def _grid_and_blocks(qkv: Tensor):
-    B, N, _, H, D = qkv.shape
-    block_d = triton.next_power_of_2(D)
-    block_n = min(triton.next_power_of_2(N), max(1, _TILE // block_d))
-    return (triton.cdiv(N, block_n), H, B), dict(BLOCK_N=block_n, BLOCK_D=block_d)
-
-
 def _table_strides(cos: Tensor) -> Tuple[int, int]:
     """Head and row strides of the (contiguous) tables; head stride 0 when one table serves all heads."""
     return (cos.stride(0) if cos.shape[0] > 1 else 0), cos.stride(1)
+
+
+def _grid(B: int, N: int, H: int):
+    return lambda meta: (triton.cdiv(N, meta['BLOCK_N']), H, B)
 
 
 @torch.library.custom_op('timm_pe::rope_qkv', mutates_args=())
@@ -110,11 +154,10 @@ def _rope_qkv(qkv: Tensor, cos: Tensor, sin: Tensor, num_prefix_tokens: int) -> 
     B, N, _, H, D = qkv.shape
     cos, sin = cos.contiguous(), sin.contiguous()
     out = qkv.new_empty((2, B, H, N, D))
-    grid, blocks = _grid_and_blocks(qkv)
     with torch.cuda.device_of(qkv):
-        _rope_fwd_kernel[grid](
+        _rope_fwd_kernel[_grid(B, N, H)](
             qkv, out, cos, sin, N, D, num_prefix_tokens, cos.shape[-1],
-            *qkv.stride(), *out.stride()[:4], *_table_strides(cos), **blocks)
+            *qkv.stride(), *out.stride()[:4], *_table_strides(cos), BLOCK_D=triton.next_power_of_2(D))
     return out
 
 
@@ -126,21 +169,26 @@ def _(qkv, cos, sin, num_prefix_tokens):
 
 @torch.library.custom_op('timm_pe::rope_qkv_backward', mutates_args=())
 def _rope_qkv_backward(
-        grad: Tensor, cos: Tensor, sin: Tensor, num_prefix_tokens: int, qkv: Optional[Tensor],
+        grad_q: Tensor, grad_k: Tensor, grad_v: Optional[Tensor], qkv: Optional[Tensor], cos: Tensor, sin: Tensor,
+        num_prefix_tokens: int,
 ) -> List[Tensor]:
-    """[dqkv], or [dqkv, dcos, dsin] when qkv is given (it is only needed for the table gradients)."""
-    _, B, H, N, D = grad.shape
+    """[dqkv], or [dqkv, dcos, dsin] when qkv is given (it is only needed for the table gradients).
+
+    The v slot of dqkv gets ``grad_v``, or zeros where v's gradient reaches qkv apart (the compiled path).
+    """
+    B, H, N, D = grad_q.shape
     cos, sin = cos.contiguous(), sin.contiguous()
     R, half = cos.shape[1:]
-    dqkv = grad.new_empty((B, N, 3, H, D))
+    dqkv = grad_q.new_empty((B, N, 3, H, D))
     table_grad = qkv is not None
     partials = [cos.new_empty((B, H, R, half) if table_grad else 0) for _ in range(2)]
-    grid, blocks = _grid_and_blocks(dqkv)
-    with torch.cuda.device_of(grad):
-        _rope_bwd_kernel[grid](
-            grad, grad if qkv is None else qkv, dqkv, cos, sin, *partials, N, D, num_prefix_tokens, half, R,
-            *grad.stride(), *(grad if qkv is None else qkv).stride(), *dqkv.stride()[:4], *_table_strides(cos),
-            TABLE_GRAD=table_grad, **blocks)
+    dv = grad_q if grad_v is None else grad_v
+    x = dqkv if qkv is None else qkv
+    with torch.cuda.device_of(grad_q):
+        _rope_bwd_kernel[_grid(B, N, H)](
+            grad_q, grad_k, dv, x, dqkv, cos, sin, *partials, N, D, num_prefix_tokens, half, R,
+            *grad_q.stride(), *grad_k.stride(), *dv.stride(), *x.stride(), *dqkv.stride()[:4], *_table_strides(cos),
+            TABLE_GRAD=table_grad, HAS_DV=grad_v is not None, BLOCK_D=triton.next_power_of_2(D))
     if not table_grad:
         return [dqkv]
     heads = (0, 1) if cos.shape[0] == 1 else 0
@@ -148,9 +196,9 @@ def _rope_qkv_backward(
 
 
 @_rope_qkv_backward.register_fake
-def _(grad, cos, sin, num_prefix_tokens, qkv):
-    _, B, H, N, D = grad.shape
-    dqkv = grad.new_empty((B, N, 3, H, D))
+def _(grad_q, grad_k, grad_v, qkv, cos, sin, num_prefix_tokens):
+    B, H, N, D = grad_q.shape
+    dqkv = grad_q.new_empty((B, N, 3, H, D))
     return [dqkv] if qkv is None else [dqkv, torch.empty_like(cos), torch.empty_like(sin)]
 
 
@@ -163,7 +211,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad):
     qkv, cos, sin = ctx.saved_tensors
     table_grad = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-    grads = torch.ops.timm_pe.rope_qkv_backward(grad, cos, sin, ctx.num_prefix_tokens, qkv if table_grad else None)
+    grads = torch.ops.timm_pe.rope_qkv_backward(grad[0], grad[1], None, qkv if table_grad else None, cos, sin,
+                                                ctx.num_prefix_tokens)
     dcos, dsin = grads[1:] if table_grad else (None, None)
     return grads[0], dcos, dsin, None
 
@@ -177,6 +226,12 @@ def rope_qkv_triton(
         sin: Tensor,
         num_prefix_tokens: int = 0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Triton counterpart of ``rope_qkv_torch``: q, k rotated in one launch; v a view of qkv, never copied."""
-    qk = torch.ops.timm_pe.rope_qkv(qkv, cos, sin, num_prefix_tokens)
-    return qk[0], qk[1], qkv[:, :, 2].transpose(1, 2)
+    """Triton counterpart of ``rope_qkv_torch``: q, k rotated in one launch; v a view of qkv, never copied.
+
+    Traced (torch.compile, FX) it is the custom op; eager, the shared autograd node around the same ops.
+    """
+    if torch.compiler.is_compiling() or _fx_symbolic_tracing():
+        qk = torch.ops.timm_pe.rope_qkv(qkv, cos, sin, num_prefix_tokens)
+        return qk[0], qk[1], v_view(qkv)
+    return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, torch.ops.timm_pe.rope_qkv,
+                          torch.ops.timm_pe.rope_qkv_backward)

@@ -1,0 +1,135 @@
+"""RoPE's whole-model overhead over APE: inference and training-step throughput ratios in one interleaved run.
+
+Run from the repository root: ``python -m benchmarks.overhead`` (ViT-S/16, 224 and 384 px, batch 8, one
+intra-op thread); writes ``results/overhead.csv``. Every model of one size is built once, then the models'
+steps are timed round-robin (one step of each model per round), so a load change on a shared machine hits
+all of them alike. Reported per model and phase: median step time, and the throughput ratio to the
+baseline taken two ways, the ratio of medians and the median of the per-round ratios (the paired one is
+the steadier on a noisy machine). Nothing here asserts on time.
+
+The clock is the process's CPU time by default (``--clock cpu``): with one intra-op thread it is the
+compute thread's own time, which a shared, oversubscribed machine inflates far less than wall time
+(a descheduled process's wall clock counts other processes' work). ``--clock wall`` for wall time.
+"""
+import argparse
+import ast
+import csv
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import timm
+import torch
+from torch import nn
+
+import timm_pe  # noqa: F401  registers the models
+
+DEFAULT_MODELS = ['vit_small_ape', 'vit_small_rope_axial', 'vit_small_rope_mixed']
+
+
+def interleaved_times(fns: Dict[str, Callable[[], object]], reps: int, warmup: int = 1,
+                      sync: Callable[[], None] = lambda: None,
+                      clock: Callable[[], float] = time.perf_counter) -> Dict[str, List[float]]:
+    """Seconds per call of each function over ``reps`` rounds, one call of each per round."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            sync()
+            start = clock()
+            fn()
+            sync()
+            times[name].append(clock() - start)
+    return times
+
+
+def model_steps(model: nn.Module, images: torch.Tensor, train: bool,
+                autocast: Callable[[], object]) -> Callable[[], None]:
+    """One inference forward, or one SGD training step (cross-entropy on random labels), as a closure."""
+    if not train:
+        model.eval()
+
+        @torch.no_grad()
+        def infer():
+            with autocast():
+                model(images)
+        return infer
+
+    model.train()
+    targets = torch.randint(0, model.num_classes, (images.shape[0],), device=images.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-5)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = nn.functional.cross_entropy(model(images).float(), targets)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def ratio_rows(times: Dict[str, List[float]], baseline: str, batch: int, **fields) -> List[Dict[str, object]]:
+    """Per model: median ms, throughput ratio to ``baseline`` (of medians, and median of per-round ratios)."""
+    base = times[baseline]
+    rows = []
+    for name, t in times.items():
+        rows.append(dict(
+            **fields, model=name, batch=batch, reps=len(t), median_ms=round(1e3 * statistics.median(t), 2),
+            samples_per_sec=round(batch / statistics.median(t), 2),
+            vs_baseline=round(statistics.median(base) / statistics.median(t), 4),
+            vs_baseline_paired=round(statistics.median(b / x for b, x in zip(base, t)), 4),
+        ))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS, help='the first one is the baseline')
+    parser.add_argument('--sizes', type=int, nargs='+', default=[224, 384])
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--reps', type=int, default=15, help='timed rounds per phase and size')
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--threads', type=int, default=1,
+                        help='intra-op threads (one: on a shared machine a second thread times the scheduler)')
+    parser.add_argument('--clock', default='cpu', choices=['cpu', 'wall'],
+                        help='process CPU time (default, see above) or wall time')
+    parser.add_argument('--phases', nargs='+', default=['infer', 'train'], choices=['infer', 'train'])
+    parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
+                        help='e.g. depth=2 for a quicker, shallower run (values read as Python literals)')
+    parser.add_argument('--csv', type=Path, default=Path('results/overhead.csv'))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    kwargs = {k: ast.literal_eval(v) for k, v in (item.split('=', 1) for item in args.model_kwargs)}
+
+    rows = []
+    print(f'{torch.get_num_threads()} thread(s), batch {args.batch_size}, {args.reps} rounds, {args.clock} clock, '
+          f'load average {os.getloadavg()[0]:.1f}')
+    print(f'{"phase":6} {"px":>4} {"model":24} {"median ms":>10} {"img/s":>8} {"vs base":>8} {"paired":>8}')
+    for size in args.sizes:
+        models = {name: timm.create_model(name, img_size=size, **kwargs) for name in args.models}
+        images = torch.randn(args.batch_size, 3, size, size)
+        for phase in args.phases:
+            fns = {name: model_steps(m, images, phase == 'train', lambda: torch.autocast('cpu', enabled=False))
+                   for name, m in models.items()}
+            clock = time.process_time if args.clock == 'cpu' else time.perf_counter
+            times = interleaved_times(fns, args.reps, args.warmup, clock=clock)
+            for row in ratio_rows(times, args.models[0], args.batch_size, phase=phase, img_size=size,
+                                  threads=args.threads, clock=args.clock, load_avg=round(os.getloadavg()[0], 1)):
+                rows.append(row)
+                print(f'{phase:6} {size:>4} {row["model"]:24} {row["median_ms"]:>10.1f} {row["samples_per_sec"]:>8.2f}'
+                      f' {row["vs_baseline"]:>8.3f} {row["vs_baseline_paired"]:>8.3f}', flush=True)
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.csv, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f'wrote {args.csv}')
+
+
+if __name__ == '__main__':
+    main()

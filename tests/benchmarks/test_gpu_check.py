@@ -1,0 +1,40 @@
+"""``benchmarks/gpu.py --smoke``: the GPU check's code paths on CPU (kernel in the interpreter), so the
+script a GPU session runs cannot rot between sessions."""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def read(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_gpu_check_smoke(tmp_path):
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    env.pop('TRITON_INTERPRET', None)  # the script sets it itself for --smoke
+    child = subprocess.run([sys.executable, '-m', 'benchmarks.gpu', '--smoke', '--out', str(tmp_path)],
+                           cwd=ROOT, env=env, capture_output=True, text=True)
+    assert child.returncode == 0, child.stdout[-5000:] + child.stderr[-5000:]
+
+    correctness = read(tmp_path / 'correctness.csv')
+    assert len(correctness) > 20 and all(r['ok'] == 'True' for r in correctness)
+    assert {r['dtype'] for r in correctness} >= {'float32', 'bfloat16'}
+
+    speed = read(tmp_path / 'kernel_speed.csv')
+    assert {r['impl'] for r in speed} == {'copy', 'timm_eva', 'plain_compiled', 'triton', 'triton_fwd_bwd',
+                                         'plain_compiled_fwd_bwd'}
+    assert all(float(r['median_ms']) > 0 for r in speed)
+
+    thesis = read(tmp_path / 'thesis.csv')
+    assert {(r['model'], r['phase']) for r in thesis} >= {('vit_tiny_rope_axial', 'train'), ('swin_tiny_rpb', 'infer')}
+    for row in thesis:
+        assert row['sdpa_backend'] in ('flash', 'efficient', 'cudnn', 'math'), row
+        if 'rope' in row['model']:  # no mask: the fused kernel, on CPU too
+            assert row['sdpa_backend'] == 'flash', row
+    assert read(tmp_path / 'autotune.csv')
+    assert (tmp_path / 'env.json').exists()

@@ -83,7 +83,7 @@ class PositionalAttention(nn.Module):
         scale: Optional[float] = None
         if pos_enc is not None and pos_enc.kind == 'rotary':
             cos_sin = pos_enc.tables(grid, x.device)
-            q, k, v = apply_rope(qkv, cos_sin[0], cos_sin[1], self.num_prefix_tokens, inplace=True)  # qkv is ours
+            q, k, v = apply_rope(qkv, cos_sin[0], cos_sin[1], self.num_prefix_tokens)
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             if pos_enc is not None and pos_enc.kind == 'qk':

@@ -4,7 +4,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .rope_torch import rope_qkv_torch, rope_qkv_torch_inplace
+from .rope_torch import rope_qkv_torch
 
 BACKENDS = ('auto', 'torch', 'triton')
 BACKEND_ENV = 'TIMM_PE_ROPE_BACKEND'
@@ -41,7 +41,6 @@ def apply_rope(
         sin: torch.Tensor,
         num_prefix_tokens: int = 0,
         backend: Optional[str] = None,
-        inplace: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split a fused qkv projection into SDPA-ready q, k, v with q and k rotated.
 
@@ -51,9 +50,6 @@ def apply_rope(
         num_prefix_tokens: leading tokens (class, registers) that are never rotated.
         backend: 'auto' (Triton on CUDA, PyTorch elsewhere), 'torch' or 'triton'; defaults to
             ``$TIMM_PE_ROPE_BACKEND`` or 'auto'.
-        inplace: the caller gives up ``qkv``: where no gradient is recorded, the torch backend rotates q and
-            k inside it and returns views (no allocation). Ignored while recording gradients and by the
-            Triton backend, which always writes a fresh q, k buffer.
 
     Returns:
         q, k, v of shape (B, heads, N, head_dim); v is a view of ``qkv``.
@@ -70,7 +66,4 @@ def apply_rope(
     if _resolve_backend(backend, qkv.device) == 'triton':
         from .rope_triton import rope_qkv_triton
         return rope_qkv_triton(qkv, cos, sin, num_prefix_tokens)
-    recording = torch.is_grad_enabled() and (qkv.requires_grad or cos.requires_grad or sin.requires_grad)
-    if inplace and not recording and not torch.compiler.is_compiling():
-        return rope_qkv_torch_inplace(qkv, cos, sin, num_prefix_tokens)
     return rope_qkv_torch(qkv, cos, sin, num_prefix_tokens)

@@ -122,23 +122,6 @@ def _rope_expression(
     return rotate(q), rotate(k)
 
 
-def rope_qkv_torch_inplace(
-        qkv: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        num_prefix_tokens: int = 0,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rotate q and k inside ``qkv`` (no gradient is recorded) and return q, k, v as views of it.
-
-    For inference, where the qkv projection's output has no other reader: nothing is allocated, and
-    attention sees the same strided q, k, v as an unrotated model does.
-    """
-    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
-    with torch.no_grad():
-        _rope_into((q, k), (q, k), cos, sin, num_prefix_tokens)
-    return q, k, v
-
-
 def rope_qkv_torch(
         qkv: torch.Tensor,
         cos: torch.Tensor,

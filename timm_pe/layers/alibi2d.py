@@ -1,6 +1,6 @@
 """2D ALiBi (Fuller et al., NeurIPS 2023): attention logits penalised by Euclidean patch distance
 times a fixed per-head slope; nothing learned, so any grid works unchanged."""
-import math
+from typing import List
 
 import torch
 from torch import nn
@@ -9,15 +9,17 @@ from . import grid as grids
 from .grid import Grid, grid_coords
 
 
+def _power_of_two_slopes(n: int) -> List[float]:
+    return [2. ** (-8. * j / n) for j in range(1, n + 1)]
+
+
 def alibi_slopes(num_heads: int) -> torch.Tensor:
     """ALiBi slopes (Press et al.): 2^(-8j/h) for h a power of two; otherwise those of the nearest
     lower power of two followed by every other slope of twice that power."""
-    def power_of_two_slopes(n: int):
-        return [2 ** (-8 * j / n) for j in range(1, n + 1)]
-
-    lower = 2 ** math.floor(math.log2(num_heads))
-    slopes = power_of_two_slopes(lower)
-    slopes += power_of_two_slopes(2 * lower)[0::2][:num_heads - lower]
+    lower = 1
+    while 2 * lower <= num_heads:
+        lower *= 2
+    slopes = _power_of_two_slopes(lower) + _power_of_two_slopes(2 * lower)[0::2][:num_heads - lower]
     return torch.tensor(slopes, dtype=torch.float32)
 
 
@@ -33,7 +35,8 @@ def pad_prefix(bias: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
 def alibi_bias(grid: Grid, device: torch.device, num_heads: int, num_prefix_tokens: int) -> torch.Tensor:
     """(heads, N, N) float32 bias, N = prefix + H*W."""
     x, y = grid_coords(grid, device)
-    distance = torch.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
+    dx, dy = x[:, None] - x[None, :], y[:, None] - y[None, :]
+    distance = torch.sqrt(dx * dx + dy * dy)  # not torch.hypot, which ONNX has no function for
     bias = -alibi_slopes(num_heads).to(device)[:, None, None] * distance
     return pad_prefix(bias, num_prefix_tokens)
 
@@ -48,4 +51,6 @@ class Alibi2d(nn.Module):
 
     def bias(self, grid: Grid, num_prefix_tokens: int, device: torch.device) -> torch.Tensor:
         """(heads, N, N) float32 additive logits bias, N = prefix + H*W."""
+        if torch.jit.is_scripting():  # TorchScript compiles no cache: the bias is built in the graph
+            return alibi_bias(grid, device, self.num_heads, num_prefix_tokens)
         return grids.grid_table('alibi2d', grid, device, self.num_heads, num_prefix_tokens)

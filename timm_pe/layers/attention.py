@@ -10,6 +10,15 @@ from ..ops import apply_rope
 torch.fx.wrap('apply_rope')
 
 
+def add_masks(bias: torch.Tensor, attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The encoding's bias plus the caller's mask, if any. One FX node, so a graph traced with a mask argument
+    still runs when that argument is None."""
+    return bias if attn_mask is None else bias + attn_mask
+
+
+torch.fx.wrap('add_masks')
+
+
 class PositionalAttention(nn.Module):
     """Multi-head self-attention carrying one position encoding, always through SDPA.
 
@@ -59,21 +68,28 @@ class PositionalAttention(nn.Module):
     def forward(
             self,
             x: torch.Tensor,
-            grid: Optional[Tuple[int, int]] = None,
+            grid: Tuple[int, int],
             attn_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """x: (B, N, C) with N = prefix + H*W tokens of the patch ``grid`` (H, W) in raster order."""
+        return self.attend(x, grid, attn_mask)
+
+    def attend(self, x: torch.Tensor, grid: Tuple[int, int], attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The attention itself, for subclasses' ``forward`` to call (TorchScript compiles no ``super()``)."""
         B, N, C = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
         pos_enc = self.pos_enc
-        if pos_enc is not None and pos_enc.kind == 'rotary':
+        # rotary encodings (kind 'rotary') have tables(), bias encodings bias(); TorchScript resolves hasattr
+        # while compiling, so it never compiles the call an encoding does not have
+        if pos_enc is None:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        elif hasattr(pos_enc, 'tables'):
             cos_sin = pos_enc.tables(grid, x.device)
             q, k, v = apply_rope(qkv, cos_sin[0], cos_sin[1], self.num_prefix_tokens)
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-            if pos_enc is not None:
-                bias = pos_enc.bias(grid, self.num_prefix_tokens, x.device).to(q.dtype)
-                attn_mask = bias if attn_mask is None else bias + attn_mask
+            bias = pos_enc.bias(grid, self.num_prefix_tokens, x.device).to(q.dtype)
+            attn_mask = add_masks(bias, attn_mask)
         x = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attn_mask,

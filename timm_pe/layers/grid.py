@@ -1,6 +1,6 @@
 """Patch-grid coordinates and the one cache every grid-dependent table goes through."""
 from collections import OrderedDict
-from typing import Callable, Dict, Hashable, Tuple
+from typing import Callable, Dict, Hashable, Optional, Tuple
 
 import torch
 
@@ -9,7 +9,7 @@ Grid = Tuple[int, int]
 _BUILDERS: Dict[str, Callable] = {}
 
 
-def grid_coords(grid: Grid, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+def grid_coords(grid: Grid, device: Optional[torch.device] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Integer (x, y) patch positions in raster order, float32: token i sits at (i mod W, i div W)."""
     h, w = grid
     y, x = torch.meshgrid(

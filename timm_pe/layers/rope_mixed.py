@@ -49,8 +49,11 @@ class RopeMixed(RotaryEncoding):
 
     def tables(self, grid: Grid, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin), each (heads, H*W, rot_dim/2) float32, differentiable in ``freqs``."""
-        coords, band_scale = grids.grid_table('rope_mixed_coords', grid, device, self.rot_dim, self.rope_scaling,
-                                              self.train_grid)
+        if torch.jit.is_scripting():  # TorchScript compiles no cache: the coordinates are built in the graph
+            coords, band_scale = mixed_coords(grid, device, self.rot_dim, self.rope_scaling, self.train_grid)
+        else:
+            coords, band_scale = grids.grid_table('rope_mixed_coords', grid, device, self.rot_dim,
+                                                  self.rope_scaling, self.train_grid)
         freqs = self.freqs.float() * band_scale
         # elementwise, not einsum: autocast would run a matmul in half precision
         angles = coords[:, 0, None] * freqs[0, :, None] + coords[:, 1, None] * freqs[1, :, None]

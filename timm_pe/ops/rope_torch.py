@@ -78,22 +78,24 @@ class _RopeQKV(torch.autograd.Function):
         return dqkv, dcos, dsin, None
 
 
-def _rope_expression(
+def _rotate_expression(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, p: int) -> torch.Tensor:
+    half = cos.shape[-1]
+    x1, x2 = x[..., p:, :half], x[..., p:, half:2 * half]
+    rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x[..., p:, 2 * half:]], -1)
+    return torch.cat([x[..., :p, :], rotated.to(x.dtype)], -2)
+
+
+def rope_qkv_expression(
         qkv: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        num_prefix_tokens: int,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The rotation as one expression per tensor, for Inductor (eager, its temporaries make it the slowest form)."""
-    p, half = num_prefix_tokens, cos.shape[-1]
-
-    def rotate(x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x[..., p:, :half], x[..., p:, half:2 * half]
-        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x[..., p:, 2 * half:]], -1)
-        return torch.cat([x[..., :p, :], rotated.to(x.dtype)], -2)
-
-    q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    return rotate(q), rotate(k)
+        num_prefix_tokens: int = 0,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rotation as one expression per tensor, real arithmetic only: for Inductor, TorchScript and export
+    (eager, its temporaries make it the slowest form)."""
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    return (_rotate_expression(q, cos, sin, num_prefix_tokens), _rotate_expression(k, cos, sin, num_prefix_tokens),
+            v)
 
 
 def rope_qkv_torch(
@@ -110,7 +112,6 @@ def rope_qkv_torch(
     copy behind the prefix. benchmarks/rope.py measures both against timm.
     """
     if torch.compiler.is_compiling():
-        q, k = _rope_expression(qkv, cos, sin, num_prefix_tokens)
-    else:
-        q, k = _RopeQKV.apply(qkv, cos, sin, num_prefix_tokens).unbind(0)
+        return rope_qkv_expression(qkv, cos, sin, num_prefix_tokens)
+    q, k = _RopeQKV.apply(qkv, cos, sin, num_prefix_tokens).unbind(0)
     return q, k, qkv[:, :, 2].transpose(1, 2)

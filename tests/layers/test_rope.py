@@ -120,21 +120,3 @@ def test_ntk_slows_the_slowest_band_by_the_growth_factor():
     x1 = 1  # token 1 is at x = 1
     torch.testing.assert_close(angles[x1, 0], f[0])
     torch.testing.assert_close(angles[x1, 3], f[3] / 2)
-
-
-def test_rope_mixed_inference_tables_follow_the_frequencies():
-    """Without gradients the tables are reused, but never past an update of the frequencies."""
-    torch.manual_seed(0)
-    enc = RopeMixed(16, 2)
-    with torch.no_grad():
-        first = enc.tables((4, 5), CPU)
-        assert enc.tables((4, 5), CPU)[0] is first[0]
-        enc.freqs.mul_(2)  # an optimizer step or a loaded checkpoint: in place
-        updated = enc.tables((4, 5), CPU)
-    rebuilt = enc.tables((4, 5), CPU)  # with gradients: built afresh, differentiable
-    assert rebuilt[0].requires_grad and not torch.equal(updated[0], first[0])
-    for a, b in zip(updated, rebuilt):
-        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
-    enc.freqs = torch.nn.Parameter(enc.freqs.detach() * 0.5)  # new storage
-    with torch.no_grad():
-        torch.testing.assert_close(enc.tables((4, 5), CPU)[0], first[0], rtol=0, atol=0)

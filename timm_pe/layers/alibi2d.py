@@ -1,6 +1,6 @@
 """2D ALiBi (Fuller et al., NeurIPS 2023): attention logits penalised by Euclidean patch distance
 times a fixed per-head slope; nothing learned, so any grid works unchanged."""
-import math
+from typing import List
 
 import torch
 from torch import nn
@@ -14,6 +14,10 @@ from .grid import Grid, grid_coords
 ALIBI_SLOPES = ('press', 'spread')
 
 
+def _power_of_two_slopes(n: int) -> List[float]:
+    return [2. ** (-8. * j / n) for j in range(1, n + 1)]
+
+
 def alibi_slopes(num_heads: int, schedule: str = 'press') -> torch.Tensor:
     """Per-head ALiBi slopes.
 
@@ -23,20 +27,17 @@ def alibi_slopes(num_heads: int, schedule: str = 'press') -> torch.Tensor:
     ``'spread'``: 2^-1 .. 2^-8 in equal log steps over the h heads (one head: 2^-1), the range
     Press et al. give 8 heads, so a few-head model keeps a strongly local head as well as a nearly flat one.
     """
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f'num_heads must be a positive int, got {num_heads!r}')
-    if schedule not in ALIBI_SLOPES:
-        raise ValueError(f'alibi_slopes={schedule!r} is not known; allowed: {ALIBI_SLOPES}')
+    if num_heads < 1:
+        raise ValueError(f'num_heads must be a positive int, got {num_heads}')
+    if schedule != 'press' and schedule != 'spread':
+        raise ValueError(f"alibi_slopes='{schedule}' is not known; allowed: 'press', 'spread'")
     if schedule == 'spread':
-        step = 7 / (num_heads - 1) if num_heads > 1 else 0.
-        return torch.tensor([2 ** (-1 - step * j) for j in range(num_heads)], dtype=torch.float32)
-
-    def power_of_two_slopes(n: int):
-        return [2 ** (-8 * j / n) for j in range(1, n + 1)]
-
-    lower = 2 ** math.floor(math.log2(num_heads))
-    slopes = power_of_two_slopes(lower)
-    slopes += power_of_two_slopes(2 * lower)[0::2][:num_heads - lower]
+        step = 7. / (num_heads - 1) if num_heads > 1 else 0.
+        return torch.tensor([2. ** (-1. - step * j) for j in range(num_heads)], dtype=torch.float32)
+    lower = 1
+    while 2 * lower <= num_heads:
+        lower *= 2
+    slopes = _power_of_two_slopes(lower) + _power_of_two_slopes(2 * lower)[0::2][:num_heads - lower]
     return torch.tensor(slopes, dtype=torch.float32)
 
 
@@ -53,7 +54,8 @@ def alibi_bias(grid: Grid, device: torch.device, num_heads: int, num_prefix_toke
                slopes: str = 'press') -> torch.Tensor:
     """(heads, N, N) float32 bias, N = prefix + H*W."""
     x, y = grid_coords(grid, device)
-    distance = torch.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
+    dx, dy = x[:, None] - x[None, :], y[:, None] - y[None, :]
+    distance = torch.sqrt(dx * dx + dy * dy)  # not torch.hypot, which ONNX has no function for
     bias = -alibi_slopes(num_heads, slopes).to(device)[:, None, None] * distance
     return pad_prefix(bias, num_prefix_tokens)
 
@@ -74,4 +76,6 @@ class Alibi2d(nn.Module):
 
     def bias(self, grid: Grid, num_prefix_tokens: int, device: torch.device) -> torch.Tensor:
         """(heads, N, N) float32 additive logits bias, N = prefix + H*W."""
+        if torch.jit.is_scripting():  # TorchScript compiles no cache: the bias is built in the graph
+            return alibi_bias(grid, device, self.num_heads, num_prefix_tokens, self.slopes)
         return grids.grid_table('alibi2d', grid, device, self.num_heads, num_prefix_tokens, self.slopes)

@@ -59,6 +59,7 @@ class Alibi2dSquared(nn.Module):
         self.head_dim = head_dim
         self.num_heads = num_heads
 
+    @torch.jit.ignore  # scripted models run it in Python: no jit.save
     def extend_qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: Grid, num_prefix_tokens: int,
                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, heads, N, head_dim) q, k, v -> q, k, v of ``padded_dim(head_dim)`` for SDPA at ``scale=1``

@@ -73,23 +73,31 @@ class PositionalAttention(nn.Module):
     def forward(
             self,
             x: torch.Tensor,
-            grid: Optional[Tuple[int, int]] = None,
+            grid: Tuple[int, int],
             attn_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """x: (B, N, C) with N = prefix + H*W tokens of the patch ``grid`` (H, W) in raster order."""
+        return self.attend(x, grid, attn_mask)
+
+    def attend(self, x: torch.Tensor, grid: Tuple[int, int], attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The attention itself, for subclasses' ``forward`` to call (TorchScript compiles no ``super()``)."""
         B, N, C = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
         pos_enc = self.pos_enc
         scale: Optional[float] = None
-        if pos_enc is not None and pos_enc.kind == 'rotary':
+        # rotary encodings have tables(), q/k encodings extend_qkv(), bias encodings bias(); TorchScript
+        # resolves hasattr while compiling, so it never compiles a call an encoding does not have
+        if pos_enc is None:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        elif hasattr(pos_enc, 'tables'):
             cos_sin = pos_enc.tables(grid, x.device)
             q, k, v = apply_rope(qkv, cos_sin[0], cos_sin[1], self.num_prefix_tokens)
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-            if pos_enc is not None and pos_enc.kind == 'qk':
+            if hasattr(pos_enc, 'extend_qkv'):
                 q, k, v = pos_enc.extend_qkv(q, k, v, grid, self.num_prefix_tokens)
                 scale = 1.
-            elif pos_enc is not None:
+            else:
                 attn_mask = merge_masks(pos_enc.bias(grid, self.num_prefix_tokens, x.device), attn_mask, q.dtype)
         x = F.scaled_dot_product_attention(
             q, k, v,

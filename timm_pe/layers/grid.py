@@ -12,7 +12,7 @@ Grid = Tuple[int, int]
 _BUILDERS: Dict[str, Callable] = {}
 
 
-def grid_coords(grid: Grid, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+def grid_coords(grid: Grid, device: Optional[torch.device] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Integer (x, y) patch positions in raster order, float32: token i sits at (i mod W, i div W)."""
     h, w = grid
     y, x = torch.meshgrid(
@@ -150,14 +150,14 @@ def grid_table_builder(kind: str):
 def grid_table(kind: str, grid: Grid, device: torch.device, *settings):
     """The ``kind`` table for a patch grid on ``device``, built once and cached.
 
-    FX records this call as one node (so tracing never sees the cache); under ``torch.compile`` the table
-    is built inside the graph. ``settings`` must be hashable: they are part of the cache key.
+    Under ``torch.compile`` and ``torch.export``, and under FX when the grid is symbolic (dynamic image size),
+    the table is built inside the graph from the (symbolic) sizes; FX with a fixed grid stores the cached
+    table as a graph constant, which TorchScript can compile. ``settings`` must be hashable: they are part of
+    the cache key.
     """
     build = _BUILDERS[kind]
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or any(isinstance(v, torch.fx.Proxy) for v in (grid[0], grid[1], device)):
         return build(grid, device, *settings)
     grid = (int(grid[0]), int(grid[1]))
     return TABLE_CACHE.get((kind, settings, grid, device), lambda: build(grid, device, *settings))
 
-
-torch.fx.wrap('grid_table')

@@ -99,6 +99,7 @@ class LookHere(nn.Module):
         self.directions = directions
         self.factor = global_slope * layer_slope(layer, depth, tuple(layer_slopes))
 
+    @torch.jit.ignore  # scripted models run it in Python: no jit.save
     def bias(self, grid: Grid, num_prefix_tokens: int, device: torch.device) -> torch.Tensor:
         """(heads, N, N) float32 additive bias (-inf where a head does not look), or a bool mask when
         there is no distance penalty."""

@@ -9,10 +9,10 @@ from .grid import Grid
 from .rotary import RotaryEncoding, ntk_band_scale, scaled_coords
 
 
-def axial_frequencies(rot_dim: int, theta: float, device=None) -> torch.Tensor:
+def axial_frequencies(rot_dim: int, theta: float, device: Optional[torch.device] = None) -> torch.Tensor:
     """f_k = theta^(-4k/rot_dim) for k < rot_dim/4."""
     num_bands = rot_dim // 4
-    return theta ** (-torch.arange(num_bands, device=device, dtype=torch.float32) / num_bands)
+    return torch.pow(theta, -torch.arange(num_bands, device=device, dtype=torch.float32) / num_bands)
 
 
 @grids.grid_table_builder('rope_axial')
@@ -38,5 +38,7 @@ class RopeAxial(RotaryEncoding):
 
     def tables(self, grid: Grid, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin), each (1, H*W, rot_dim/2) float32, on ``device``."""
+        if torch.jit.is_scripting():  # TorchScript compiles no cache: the tables are built in the graph
+            return rope_axial_tables(grid, device, self.rot_dim, self.theta, self.rope_scaling, self.train_grid)
         return grids.grid_table('rope_axial', grid, device, self.rot_dim, self.theta, self.rope_scaling,
                                 self.train_grid)

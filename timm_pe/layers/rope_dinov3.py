@@ -65,10 +65,11 @@ class RopeDinoV3(RotaryEncoding):
         self.shift_coords, self.jitter_coords, self.rescale_coords = shift_coords, jitter_coords, rescale_coords
         self._draw: Optional[Tuple[Optional[torch.Tensor], ...]] = None
 
-    @property
+    @torch.jit.export
     def augments(self) -> bool:
-        return self.training and any(v is not None for v in (self.shift_coords, self.jitter_coords,
-                                                             self.rescale_coords))
+        """Whether this forward draws augmented coordinates (training, with any augmentation set)."""
+        return self.training and (self.shift_coords is not None or self.jitter_coords is not None
+                                  or self.rescale_coords is not None)
 
     def redraw(self) -> None:
         """Draw the next coordinate augmentation (the model calls this once per training forward). The
@@ -80,9 +81,10 @@ class RopeDinoV3(RotaryEncoding):
         jitter = log_uniform(2, self.jitter_coords)
         self._draw = (shift, jitter, log_uniform(1, self.rescale_coords))
 
+    @torch.jit.ignore  # scripted models run it in Python: no jit.save
     def tables(self, grid: Grid, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin), each (1, H*W, rot_dim/2) float32, on ``device``; augmented while training."""
-        if not self.augments:
+        if not self.augments():
             return grids.grid_table('rope_dinov3', grid, device, self.rot_dim, self.theta)
         if self._draw is None:
             self.redraw()

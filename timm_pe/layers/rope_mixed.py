@@ -33,10 +33,8 @@ def mixed_coords(grid: Grid, device: torch.device, rot_dim: int, rope_scaling: s
 
 
 class RopeMixed(RotaryEncoding):
-    """Per-head learnable rotary frequencies of one attention layer. With gradients on, the tables are
-    rebuilt from them each call (they are trained) and only the coordinates are cached; with gradients
-    off (inference), the last tables are kept until the frequencies change (new storage or an in-place
-    update, both of which change the key)."""
+    """Per-head learnable rotary frequencies of one attention layer; tables are rebuilt from them each
+    call (they are trained), only the coordinates are cached."""
 
     def __init__(self, head_dim: int, num_heads: int, theta: float = 10., rope_fraction: float = 1.,
                  rope_scaling: str = 'none', train_grid: Optional[Grid] = None):
@@ -44,7 +42,6 @@ class RopeMixed(RotaryEncoding):
         self.num_heads = num_heads
         grids.TABLE_CACHE.hold(self, 'rope_mixed_coords')
         self.freqs = nn.Parameter(torch.empty(2, num_heads, self.rot_dim // 2))
-        self._inference_tables = (None, None, None)  # (key, freqs, (cos, sin)) of the last call without gradients
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -53,19 +50,11 @@ class RopeMixed(RotaryEncoding):
 
     def tables(self, grid: Grid, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin), each (heads, H*W, rot_dim/2) float32, differentiable in ``freqs``."""
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return self._build_tables(grid, device)
-        freqs = self.freqs  # kept in the key: its address cannot be reused while the key holds it
-        key = ((int(grid[0]), int(grid[1])), device, self.rope_scaling, self.train_grid, freqs.data_ptr(),
-               freqs._version)
-        cached_key, cached_freqs, _ = self._inference_tables
-        if cached_key != key or cached_freqs is not freqs:
-            self._inference_tables = (key, freqs, self._build_tables(grid, device))
-        return self._inference_tables[2]
-
-    def _build_tables(self, grid: Grid, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-        coords, band_scale = grids.grid_table('rope_mixed_coords', grid, device, self.rot_dim, self.rope_scaling,
-                                              self.train_grid)
+        if torch.jit.is_scripting():  # TorchScript compiles no cache: the coordinates are built in the graph
+            coords, band_scale = mixed_coords(grid, device, self.rot_dim, self.rope_scaling, self.train_grid)
+        else:
+            coords, band_scale = grids.grid_table('rope_mixed_coords', grid, device, self.rot_dim,
+                                                  self.rope_scaling, self.train_grid)
         freqs = self.freqs.float() * band_scale
         # elementwise, not einsum: autocast would run a matmul in half precision
         angles = coords[:, 0, None] * freqs[0, :, None] + coords[:, 1, None] * freqs[1, :, None]

@@ -43,11 +43,13 @@ def scaled_coords(
         grid: Grid,
         rope_scaling: str,
         train_grid: Optional[Grid],
-        device=None,
+        device: Optional[torch.device] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Patch positions, squeezed onto the training grid's range for ``interp`` (position interpolation)."""
     x, y = grid_coords(grid, device)
-    if rope_scaling == 'interp' and train_grid is not None and tuple(grid) != tuple(train_grid):
+    if rope_scaling == 'interp' and train_grid is not None:
+        # scaled even where grid == train_grid (a factor of 1): no Python branch on the grid, so an export
+        # with symbolic sizes keeps them symbolic
         x = x * (train_grid[1] / grid[1])
         y = y * (train_grid[0] / grid[0])
     return x, y
@@ -58,7 +60,7 @@ def ntk_band_scale(
         rope_scaling: str,
         train_grid: Optional[Grid],
         num_bands: int,
-        device=None,
+        device: Optional[torch.device] = None,
 ) -> Optional[torch.Tensor]:
     """Per-band frequency factors for NTK-aware scaling, or None when no scaling applies.
 

@@ -18,7 +18,7 @@ GRID_BUFFER = 'grid_size'
 
 
 @grids.grid_table_builder('rpb_index')
-def relative_position_index(grid: Grid, device=None) -> torch.Tensor:
+def relative_position_index(grid: Grid, device: Optional[torch.device] = None) -> torch.Tensor:
     """(H*W, H*W) index into a ((2H-1)(2W-1)) table: (dy + H-1)(2W-1) + (dx + W-1)."""
     h, w = grid
     y, x = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing='ij')
@@ -30,8 +30,8 @@ def relative_position_index(grid: Grid, device=None) -> torch.Tensor:
 
 def resize_rpb_table(table: torch.Tensor, old_grid: Grid, new_grid: Grid) -> torch.Tensor:
     """Bicubic resize of a ((2H-1)(2W-1), heads) table to another grid, computed in float32; differentiable."""
-    if tuple(old_grid) == tuple(new_grid):
-        return table
+    if not torch.compiler.is_compiling() and old_grid[0] == new_grid[0] and old_grid[1] == new_grid[1]:
+        return table  # compiled (export with symbolic sizes) it always resamples: same size is the identity
     heads = table.shape[-1]
     new_h, new_w = 2 * new_grid[0] - 1, 2 * new_grid[1] - 1
     if table.is_meta:
@@ -104,9 +104,12 @@ class RelativePositionBias(nn.Module):
 
     def bias(self, grid: Grid, num_prefix_tokens: int, device: torch.device) -> torch.Tensor:
         """(heads, N, N) additive logits bias, N = prefix + H*W."""
-        grid = (int(grid[0]), int(grid[1]))
         table = resize_rpb_table(self.relative_position_bias_table, self.grid, grid)
-        bias = table[grids.grid_table('rpb_index', grid, device)].permute(2, 0, 1)
+        if torch.jit.is_scripting():  # TorchScript compiles no cache: the index is built in the graph
+            index = relative_position_index(grid, device)
+        else:
+            index = grids.grid_table('rpb_index', grid, device)
+        bias = table[index].permute(2, 0, 1)
         return pad_prefix(bias, num_prefix_tokens)
 
     def extra_repr(self) -> str:

@@ -11,10 +11,12 @@ from ._pretrained import check_has_weights, checked_filter, pretrained_img_size
 
 
 def build_model(model_cls: type, variant: str, pretrained: bool, checkpoint_filter_fn: Callable,
-                feature_cfg: Dict, infer_rope_train_size: bool = True, **kwargs):
-    """``build_model_with_cfg`` with the checked filter; a RoPE model loading weights takes their
-    training size as ``rope_train_img_size`` (what ``rope_scaling`` scales to) and records it in its
-    model args, so an export rebuilds the same training grid at any ``img_size``."""
+                default_feature_cfg: Dict, infer_rope_train_size: bool = True, **kwargs):
+    """``build_model_with_cfg`` with the checked filter and the family's ``feature_cfg`` updated by the caller's.
+
+    A RoPE model loading weights takes their training size as ``rope_train_img_size`` (what ``rope_scaling``
+    scales to) and records it in its model args, so an export rebuilds the same training grid at any
+    ``img_size``."""
     is_rope = takes_rope_scaling(kwargs.get('attn_pos'))
     if pretrained:
         check_has_weights(variant, kwargs)
@@ -23,7 +25,7 @@ def build_model(model_cls: type, variant: str, pretrained: bool, checkpoint_filt
     model = build_model_with_cfg(
         model_cls, variant, pretrained,
         pretrained_filter_fn=checked_filter(checkpoint_filter_fn),
-        feature_cfg=feature_cfg,
+        feature_cfg={**default_feature_cfg, **(kwargs.pop('feature_cfg', None) or {})},
         **kwargs,
     )
     if is_rope and kwargs.get('rope_train_img_size') is not None:

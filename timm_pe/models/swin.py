@@ -101,11 +101,11 @@ class SwinWindowAttention(PositionalAttention):
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (B * num_windows, N, C) window tokens in raster order; mask: timm's (num_windows, N, N) shift
         mask in shifted blocks, None in unshifted ones (then rotary models attend with no mask at all)."""
-        attn_mask = None
+        attn_mask: Optional[torch.Tensor] = None
         if mask is not None:
             # windows are batch-major: window w of image b is row b * num_windows + w
             attn_mask = mask.repeat(x.shape[0] // mask.shape[0], 1, 1).unsqueeze(1)
-        return super().forward(x, self.window_size, attn_mask)
+        return self.attend(x, self.window_size, attn_mask)
 
 
 def _load_timm_rpb_key(module, state_dict, prefix, *args) -> None:
@@ -170,7 +170,7 @@ class PeSwinTransformer(SwinTransformer):
                 block.attn = SwinWindowAttention(
                     timm_attn.dim, timm_attn.num_heads, block.window_size,
                     qkv_bias=timm_attn.qkv.bias is not None, attn_drop=timm_attn.attn_drop.p,
-                    proj_drop=timm_attn.proj_drop.p, pos_enc=pos_enc.to(weight.device),
+                    proj_drop=timm_attn.proj_drop.p, pos_enc=pos_enc.to(weight.device, weight.dtype),
                     device=weight.device, dtype=weight.dtype)
 
         self.weight_init_mode = 'reset' if weight_init == 'skip' else weight_init
@@ -276,7 +276,8 @@ def checkpoint_filter_fn(state_dict, model: PeSwinTransformer):
 
 
 def _cfg(**kwargs):
-    return base_cfg(pool_size=(7, 7), classifier='head.fc', fixed_input_size=False, **kwargs)
+    # fixed, as timm's Swin: other sizes need set_input_size() or dynamic_img_size=True
+    return base_cfg(pool_size=(7, 7), classifier='head.fc', fixed_input_size=True, **kwargs)
 
 
 # timm's swin_{tiny,small,base}_patch4_window7_224 geometry; the window follows the image size (7 at 224)
@@ -300,7 +301,7 @@ def _create_swin(variant: str, pretrained: bool = False, **kwargs) -> PeSwinTran
     # a fixed window_size is taken to be the trained one; otherwise the checkpoint's windows (image size
     # / 32 at its input size) are the training grids rope_scaling needs
     return build_model(PeSwinTransformer, variant, pretrained, checkpoint_filter_fn,
-                       feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+                       default_feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
                        infer_rope_train_size=kwargs.get('window_size') is None, **kwargs)
 
 

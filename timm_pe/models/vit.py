@@ -16,7 +16,7 @@ from timm.models._manipulate import checkpoint
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from ..layers import (ENCODINGS, OPTION_NAMES, TABLE_CACHE, PositionalAttention, RelativePositionBias,
+from ..layers import (ENCODINGS, RopeDinoV3, OPTION_NAMES, TABLE_CACHE, PositionalAttention, RelativePositionBias,
                       create_encoding, get_encoding, takes_rope_scaling, resolve_options, sincos_2d_embed)
 from ..layers.rotary import add_train_grids
 from ._builder import build_model, register_variant, set_cfg_input_size
@@ -85,6 +85,8 @@ class PeVisionTransformer(VisionTransformer):
         )
         self.abs_pos = abs_pos
         self.attn_pos = attn_pos
+        # blocks take the grid too, which nn.Sequential cannot pass (and TorchScript compiles its forward)
+        self.blocks = nn.ModuleList(self.blocks)
         if abs_pos == 'sincos':
             TABLE_CACHE.hold(self, 'sincos2d')
         num_heads = self.blocks[0].attn.num_heads
@@ -96,6 +98,8 @@ class PeVisionTransformer(VisionTransformer):
             if enc is None or not shared:
                 enc = create_encoding(attn_pos, self.embed_dim // num_heads, num_heads, self.patch_embed.grid_size,
                                       train_grid, i, len(self.blocks), **options)
+                if enc is not None:  # on the device and in the dtype asked of the factory, as timm's modules are
+                    enc.to(device=kwargs.get('device'), dtype=kwargs.get('dtype'))
             blk.attn.set_position_encoding(enc, self.num_prefix_tokens)
 
     @torch.jit.ignore
@@ -120,44 +124,41 @@ class PeVisionTransformer(VisionTransformer):
     def patch_grid(self, x: torch.Tensor) -> Tuple[int, int]:
         """Patch grid (H, W) of an input image batch."""
         if self.dynamic_img_size:
-            return self.patch_embed.dynamic_feat_size(x.shape[-2:])
+            return self.patch_embed.dynamic_feat_size((x.shape[-2], x.shape[-1]))
         return self.patch_embed.grid_size
 
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        if self.abs_pos == 'sincos':
-            grid = x.shape[1:3] if self.dynamic_img_size else self.patch_embed.grid_size
-            x = x + sincos_2d_embed(grid, self.embed_dim, x.device).to(x.dtype).view(x.shape[1:])
-        return super()._pos_embed(x)
-
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch tokens with their absolute embedding; a forward starts here, so an encoding with random
-        train-time coordinates (DINOv3's RoPE, shared by all layers) draws them here, once."""
+    @torch.jit.ignore
+    def _draw_train_coords(self) -> None:
+        """An encoding with random train-time coordinates (DINOv3's RoPE, shared by all layers) draws them
+        once per forward, here."""
         pos_enc = self.blocks[0].attn.pos_enc if len(self.blocks) else None
-        if self.training and getattr(pos_enc, 'augments', False):
+        if self.training and isinstance(pos_enc, RopeDinoV3) and pos_enc.augments():
             pos_enc.redraw()
+
+    def _embed(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self._draw_train_coords()
         x = self.patch_embed(x)
+        if self.abs_pos == 'sincos':  # tokens are (B, H, W, C) with dynamic_img_size, else (B, H*W, C)
+            x = x + sincos_2d_embed(grid, self.embed_dim, x.device).to(x.dtype).view(x.shape[1:])
         x = self._pos_embed(x)
         x = self.patch_drop(x)
         return self.norm_pre(x)
 
-    def _run_block(self, blk: nn.Module, x: torch.Tensor, grid: Tuple[int, int], attn_mask, is_causal: bool):
-        if is_causal:
-            raise ValueError('causal attention is not supported by position-encoding ViTs')
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(blk, x, grid, attn_mask)
-        return blk(x, grid, attn_mask)
-
-    def forward_features(
-            self,
-            x: torch.Tensor,
-            attn_mask: Optional[torch.Tensor] = None,
-            is_causal: bool = False,
-    ) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """timm's, less ``is_causal`` (no causal attention here; an FX trace with no concrete_args could not
+        branch on it)."""
         grid = self.patch_grid(x)
-        x = self._embed(x)
+        x = self._embed(x, grid)
         for blk in self.blocks:
-            x = self._run_block(blk, x, grid, attn_mask, is_causal)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, grid, attn_mask)
+            else:
+                x = blk(x, grid, attn_mask)
         return self.norm(x)
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x, attn_mask))
 
     def forward_intermediates(
             self,
@@ -170,19 +171,21 @@ class PeVisionTransformer(VisionTransformer):
             intermediates_only: bool = False,
             output_dict: bool = False,
             attn_mask: Optional[torch.Tensor] = None,
-            is_causal: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]], Dict[str, object]]:
-        """timm's ``forward_intermediates`` contract (see VisionTransformer)."""
+        """timm's ``forward_intermediates`` contract (see VisionTransformer), less ``is_causal``."""
         if output_fmt not in ('NCHW', 'NLC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         B = x.shape[0]
         grid = self.patch_grid(x)
-        x = self._embed(x)
+        x = self._embed(x, grid)
         blocks = self.blocks[:max_index + 1] if stop_early else self.blocks
         intermediates = []
         for i, blk in enumerate(blocks):
-            x = self._run_block(blk, x, grid, attn_mask, is_causal)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, grid, attn_mask)
+            else:
+                x = blk(x, grid, attn_mask)
             if i in take_indices:
                 intermediates.append(self.norm(x) if norm else x)
 
@@ -325,7 +328,7 @@ def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> PeVisionTra
     # DeiT-III pools the class token; a model without one averages the patch tokens
     kwargs.setdefault('global_pool', 'token' if kwargs.get('class_token', True) else 'avg')
     return build_model(PeVisionTransformer, variant, pretrained, checkpoint_filter_fn,
-                       feature_cfg=dict(out_indices=3, feature_cls='getter'), **kwargs)
+                       default_feature_cfg=dict(out_indices=3, feature_cls='getter'), **kwargs)
 
 
 for _size in SIZES:

@@ -4,7 +4,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .rope_torch import rope_qkv_torch
+from .rope_torch import rope_qkv_expression, rope_qkv_torch
 
 BACKENDS = ('auto', 'torch', 'triton')
 BACKEND_ENV = 'TIMM_PE_ROPE_BACKEND'
@@ -53,7 +53,17 @@ def apply_rope(
 
     Returns:
         q, k, v of shape (B, heads, N, head_dim); v is a view of ``qkv``.
+
+    Under TorchScript it is the plain PyTorch expression (the eager kernels are autograd Functions and the
+    Triton op needs Python dispatch).
     """
+    if torch.jit.is_scripting():
+        return rope_qkv_expression(qkv, cos, sin, num_prefix_tokens)
+    return _apply_rope(qkv, cos, sin, num_prefix_tokens, backend)
+
+
+def _apply_rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_prefix_tokens: int,
+                backend: Optional[str]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f'qkv must be (B, N, 3, heads, head_dim), got shape {tuple(qkv.shape)}')
     B, N, _, H, D = qkv.shape

@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .rope_autograd import rope_qkv_eager, v_view
+from .rope_autograd import rope_qkv_eager
 
 # Elements of the rotated region per eager step and intra-op thread: each thread's float32 temporaries
 # stay in its cache, and a many-core machine still splits every op across all its threads.
@@ -104,22 +104,24 @@ def rope_backward_torch(grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torc
     return [dqkv, *_table_grads(xs, (grad_q, grad_k), cos, num_prefix_tokens)]
 
 
-def _rope_expression(
+def _rotate_expression(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, p: int) -> torch.Tensor:
+    half = cos.shape[-1]
+    x1, x2 = x[..., p:, :half], x[..., p:, half:2 * half]
+    rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x[..., p:, 2 * half:]], -1)
+    return torch.cat([x[..., :p, :], rotated.to(x.dtype)], -2)
+
+
+def rope_qkv_expression(
         qkv: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        num_prefix_tokens: int,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The rotation as one expression per tensor, for Inductor (eager, its temporaries make it the slowest form)."""
-    p, half = num_prefix_tokens, cos.shape[-1]
-
-    def rotate(x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x[..., p:, :half], x[..., p:, half:2 * half]
-        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x[..., p:, 2 * half:]], -1)
-        return torch.cat([x[..., :p, :], rotated.to(x.dtype)], -2)
-
-    q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    return rotate(q), rotate(k)
+        num_prefix_tokens: int = 0,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rotation as one expression per tensor, real arithmetic only: for Inductor, TorchScript and export
+    (eager, its temporaries make it the slowest form)."""
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    return (_rotate_expression(q, cos, sin, num_prefix_tokens), _rotate_expression(k, cos, sin, num_prefix_tokens),
+            v)
 
 
 def rope_qkv_torch(
@@ -136,6 +138,5 @@ def rope_qkv_torch(
     copy behind the prefix. benchmarks/rope.py measures both against timm.
     """
     if torch.compiler.is_compiling():
-        q, k = _rope_expression(qkv, cos, sin, num_prefix_tokens)
-        return q, k, v_view(qkv)
+        return rope_qkv_expression(qkv, cos, sin, num_prefix_tokens)
     return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, rope_forward_torch, rope_backward_torch)

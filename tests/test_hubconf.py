@@ -5,8 +5,8 @@ from pathlib import Path
 import torch
 
 from timm_pe.publish import registered_models
-from timm_pe.models.swin import PeSwinTransformer
-from timm_pe.models.vit import PeVisionTransformer
+from timm_pe.models.swin import PositionalSwinTransformer
+from timm_pe.models.vit import PositionalVisionTransformer
 
 REPO = str(Path(__file__).resolve().parent.parent)
 
@@ -23,7 +23,7 @@ def test_lists_every_registered_model():
 
 def test_loads_through_timm_create_model():
     vit = torch.hub.load(REPO, 'vit_tiny_alibi2d', source='local', depth=1)
-    assert isinstance(vit, PeVisionTransformer) and len(vit.blocks) == 1
+    assert isinstance(vit, PositionalVisionTransformer) and len(vit.blocks) == 1
     in100 = torch.hub.load(REPO, 'vit_small_rope_mixed', source='local', pretrained_cfg='in100', depth=1)
     assert in100.num_classes == 100 and in100.pretrained_cfg['tag'] == 'in100'
-    assert isinstance(torch.hub.load(REPO, 'swin_rope', source='local', depths=(1, 1, 1, 1)), PeSwinTransformer)
+    assert isinstance(torch.hub.load(REPO, 'swin_rope', source='local', depths=(1, 1, 1, 1)), PositionalSwinTransformer)

@@ -27,7 +27,7 @@ def alibi_slopes(num_heads: int, schedule: str = 'press') -> torch.Tensor:
     ``'spread'``: 2^-1 .. 2^-8 in equal log steps over the h heads (one head: 2^-1), the range
     Press et al. give 8 heads, so a few-head model keeps a strongly local head as well as a nearly flat one.
     """
-    if num_heads < 1:
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
         raise ValueError(f'num_heads must be a positive int, got {num_heads}')
     if schedule != 'press' and schedule != 'spread':
         raise ValueError(f"alibi_slopes='{schedule}' is not known; allowed: 'press', 'spread'")

@@ -39,14 +39,14 @@ def alibi_sq_features(grid: Grid, device: torch.device, num_heads: int, num_pref
     r2 = x * x + y * y
     r2_high = r2.to(torch.bfloat16).float()
     r2_low = r2 - r2_high
-    n, p = h * w, num_prefix_tokens
-    ones = torch.ones_like(x)
-    q = torch.zeros(num_heads, p + n, width, device=device)
-    k = torch.zeros(1, p + n, width, device=device)
-    q[:, p:, :NUM_FEATURES] = torch.stack([2 * x, 2 * y, ones, ones, r2_high, r2_low], dim=-1)
-    q *= alibi_slopes(num_heads).to(device)[:, None, None]
-    k[0, p:, :4] = torch.stack([x, y, -r2_high, -r2_low], dim=-1)
-    k[0, :p, 4:6] = 1.
+    p = num_prefix_tokens
+    ones, zeros = torch.ones_like(x), torch.zeros_like(x)
+    # built by concatenation, not slice assignment, so FX and torch.export trace it with symbolic sizes
+    q = torch.stack([2 * x, 2 * y, ones, ones, r2_high, r2_low], dim=-1)
+    q = nn.functional.pad(q, (0, width - NUM_FEATURES, p, 0))[None] * alibi_slopes(num_heads).to(device)[:, None, None]
+    k = torch.stack([x, y, -r2_high, -r2_low, zeros, zeros], dim=-1)
+    prefix = torch.cat([torch.zeros(p, 4, device=device), torch.ones(p, 2, device=device)], dim=-1)
+    k = nn.functional.pad(torch.cat([prefix, k], dim=0), (0, width - NUM_FEATURES))[None]
     return q, k
 
 

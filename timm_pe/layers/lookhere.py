@@ -63,7 +63,7 @@ def lookhere_table(grid: Grid, device: torch.device, directions: str, num_heads:
     (float32), or only where it looks (bool) for ``restriction_only``; prefix rows and columns are open."""
     x, y = grid_coords(grid, device)
     dx, dy = x[None, :] - x[:, None], y[None, :] - y[:, None]
-    distance = torch.hypot(dx, dy)
+    distance = torch.sqrt(dx * dx + dy * dy)  # not torch.hypot, which ONNX has no function for
     tables = []
     for views, slope in head_plan(directions, num_heads):
         seen = torch.ones_like(distance, dtype=torch.bool)

@@ -18,7 +18,7 @@ from .rotary import RotaryEncoding
 @grids.grid_table_builder('rope_dinov3_coords')
 def dinov3_coords(grid: Grid, device: torch.device) -> torch.Tensor:
     """(H*W, 2) patch-centre (y, x) coordinates in [-1, 1], raster order, float32."""
-    axes = [torch.arange(0.5, s, device=device, dtype=torch.float32) / float(s) for s in grid]
+    axes = [torch.arange(0.5, s, device=device, dtype=torch.float32) / s for s in grid]
     return (2. * torch.stack(torch.meshgrid(axes, indexing='ij'), dim=-1) - 1.).flatten(0, 1)
 
 

@@ -25,7 +25,7 @@ from ..layers.rpb import GRID_BUFFER
 from ._builder import build_model, register_variant, set_cfg_input_size
 from ._pretrained import SWIN_IN1K, base_cfg, pretrained_cfgs
 
-__all__ = ['PeSwinTransformer', 'SwinWindowAttention', 'checkpoint_filter_fn', 'stage_windows']
+__all__ = ['PositionalSwinTransformer', 'SwinWindowAttention', 'checkpoint_filter_fn', 'stage_windows']
 
 ATTN_POS = tuple(name for name, e in ENCODINGS.items() if 'swin' in e.families)
 SWIN_PAPER = 'arXiv:2103.14030'
@@ -114,7 +114,7 @@ def _load_timm_rpb_key(module, state_dict, prefix, *args) -> None:
         state_dict[prefix + 'pos_enc.relative_position_bias_table'] = state_dict.pop(timm_key)
 
 
-class PeSwinTransformer(SwinTransformer):
+class PositionalSwinTransformer(SwinTransformer):
     """timm's SwinTransformer whose window attention carries the encoding chosen by ``attn_pos``."""
 
     def __init__(
@@ -256,7 +256,7 @@ class PeSwinTransformer(SwinTransformer):
         return out[0], [y.permute(0, 2, 3, 1) for y in out[1]]
 
 
-def checkpoint_filter_fn(state_dict, model: PeSwinTransformer):
+def checkpoint_filter_fn(state_dict, model: PositionalSwinTransformer):
     """timm's Swin filter (drops the rebuilt buffers, resamples the patch embedding, maps Microsoft's original
     layout), with RPB tables (and their recorded grids) moved to ``attn.pos_enc``, where the RPB module resizes
     them to the model's windows on load. RPB tables offered to a model without RPB are refused rather than
@@ -296,11 +296,11 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create_swin(variant: str, pretrained: bool = False, **kwargs) -> PeSwinTransformer:
+def _create_swin(variant: str, pretrained: bool = False, **kwargs) -> PositionalSwinTransformer:
     out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 6, 2))))))
     # a fixed window_size is taken to be the trained one; otherwise the checkpoint's windows (image size
     # / 32 at its input size) are the training grids rope_scaling needs
-    return build_model(PeSwinTransformer, variant, pretrained, checkpoint_filter_fn,
+    return build_model(PositionalSwinTransformer, variant, pretrained, checkpoint_filter_fn,
                        default_feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
                        infer_rope_train_size=kwargs.get('window_size') is None, **kwargs)
 

@@ -22,7 +22,7 @@ from ..layers.rotary import add_train_grids
 from ._builder import build_model, register_variant, set_cfg_input_size
 from ._pretrained import VIT_IN1K, base_cfg, pretrained_cfgs
 
-__all__ = ['PeVisionTransformer', 'checkpoint_filter_fn', 'convert_timm_rope_vit']
+__all__ = ['PositionalVisionTransformer', 'checkpoint_filter_fn', 'convert_timm_rope_vit']
 
 ABS_POS = ('learn', 'sincos', 'none')
 
@@ -38,7 +38,7 @@ def check_img_size(img_size, patch_size) -> Tuple[int, int]:
     return img_size
 
 
-class PeBlock(Block):
+class GridBlock(Block):
     """timm's pre-norm block, handing the patch grid to attention."""
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int], attn_mask: Optional[torch.Tensor] = None):
@@ -46,7 +46,7 @@ class PeBlock(Block):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
-class PeVisionTransformer(VisionTransformer):
+class PositionalVisionTransformer(VisionTransformer):
     """timm VisionTransformer whose position information is set by ``abs_pos`` and ``attn_pos``."""
 
     def __init__(
@@ -79,7 +79,7 @@ class PeVisionTransformer(VisionTransformer):
         kwargs['img_size'] = check_img_size(kwargs.get('img_size', 224), patch_size)
         super().__init__(
             pos_embed='learn' if abs_pos == 'learn' else 'none',
-            block_fn=PeBlock,
+            block_fn=GridBlock,
             attn_layer=PositionalAttention,
             **kwargs,
         )
@@ -217,7 +217,7 @@ def _interleaved_to_half(w: torch.Tensor, num_heads: int, rot_dim: int) -> torch
     return w.reshape(num_heads, head_dim, *w.shape[1:])[:, order].reshape(w.shape)
 
 
-def convert_timm_rope_vit(state_dict: Dict[str, torch.Tensor], model: PeVisionTransformer) -> Dict[str, torch.Tensor]:
+def convert_timm_rope_vit(state_dict: Dict[str, torch.Tensor], model: PositionalVisionTransformer) -> Dict[str, torch.Tensor]:
     """State dict of timm's rope-vit models (``vit_*_patch16_rope*_224``, timm's Eva class) in our layout.
 
     Layer scale ``gamma_1/2`` becomes ``ls1/2.gamma``, split q/v biases are fused, the model-wide
@@ -258,7 +258,7 @@ def convert_timm_rope_vit(state_dict: Dict[str, torch.Tensor], model: PeVisionTr
 OLD_RPB_SUFFIX = '.pos_enc.table'
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PeVisionTransformer) -> Dict[str, torch.Tensor]:
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PositionalVisionTransformer) -> Dict[str, torch.Tensor]:
     """Adapt a checkpoint to ``model``: convert timm rope-vit (Eva) weights (trained at the size the model's
     pretrained cfg gives, recorded as their RoPE training grid), resample APE to the model grid, rename old
     RPB keys. RPB tables of any grid are resized by the RPB module on load. DeiT-III checkpoints need
@@ -324,10 +324,10 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> PeVisionTransformer:
+def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> PositionalVisionTransformer:
     # DeiT-III pools the class token; a model without one averages the patch tokens
     kwargs.setdefault('global_pool', 'token' if kwargs.get('class_token', True) else 'avg')
-    return build_model(PeVisionTransformer, variant, pretrained, checkpoint_filter_fn,
+    return build_model(PositionalVisionTransformer, variant, pretrained, checkpoint_filter_fn,
                        default_feature_cfg=dict(out_indices=3, feature_cls='getter'), **kwargs)
 
 

@@ -13,7 +13,6 @@ compute thread's own time, which a shared, oversubscribed machine inflates far l
 """
 import argparse
 import ast
-import csv
 import os
 import statistics
 import time
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 import timm_pe  # noqa: F401  registers the models
+from timm_pe.tools.common import write_csv
 
 DEFAULT_MODELS = ['vit_small_ape', 'vit_small_rope_axial', 'vit_small_rope_mixed']
 
@@ -123,11 +123,7 @@ def main(argv=None):
                 rows.append(row)
                 print(f'{phase:6} {size:>4} {row["model"]:24} {row["median_ms"]:>10.1f} {row["samples_per_sec"]:>8.2f}'
                       f' {row["vs_baseline"]:>8.3f} {row["vs_baseline_paired"]:>8.3f}', flush=True)
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.csv, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, args.csv, list(rows[0]))
     print(f'wrote {args.csv}')
 
 

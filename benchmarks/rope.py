@@ -18,7 +18,6 @@ on a shared 2-core machine each OpenMP region of a second thread waits for a tim
 many-op eager paths would then time the scheduler.
 """
 import argparse
-import csv
 import os
 import statistics
 import time
@@ -29,6 +28,7 @@ import torch
 from timm.layers.pos_embed_sincos import apply_rot_embed_cat
 
 from timm_pe.ops import apply_rope
+from timm_pe.tools.common import write_csv
 
 MODELS = {'vit_s': (6, 64), 'vit_b': (12, 64)}  # heads, head_dim
 PREFIX = 1
@@ -147,11 +147,7 @@ def main(argv=None):
                         print(f'{model:6} {batch:>4} {tokens:>4} {row["dtype"]:8} {row["impl"]:20} '
                               f'{row["median_ms"]:>10.2f} {row["gb_per_s"]:>7.1f} {row["x_copy"]:>7.2f} '
                               f'{row["speedup_vs_timm"]:>8.2f}', flush=True)
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.csv, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, args.csv, list(rows[0]))
     print(f'wrote {args.csv}')
 
 

@@ -5,7 +5,6 @@
 ``attn_pos``: None or an attention encoding of the registry (``timm_pe.layers.ENCODINGS``: RoPE, ALiBi, RPB...).
 One model is registered per size and encoding of the registry (plus RoPE with APE).
 """
-import math
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch

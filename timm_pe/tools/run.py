@@ -1,5 +1,5 @@
-"""``timm-pe run SCRIPT [ARGS...]`` (or ``python -m timm_pe.tools.run``): run one of timm's scripts (validate.py, inference.py, train.py,
-benchmark.py, ...) unchanged, with the timm-pe models registered.
+"""``timm-pe run SCRIPT [ARGS...]`` (or ``python -m timm_pe.tools.run``): run one of timm's scripts
+(validate.py, inference.py, train.py, benchmark.py, ...) unchanged, with the timm-pe models registered.
 
 timm's scripts are not in its pip package and only train.py can import a plugin (``--device-modules timm_pe``);
 this registers the timm-pe models (importing this module does), then runs SCRIPT as ``__main__`` with ``sys.argv = [SCRIPT, *ARGS]`` and the script's

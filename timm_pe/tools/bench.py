@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .common import (add_model_arguments, add_runtime_arguments, autocast, default_kwargs, input_dtype, model_names,
-                     param_count_millions, parse_sizes, prepare_model, pyplot, write_csv)
+                     param_count_millions, parse_sizes, prepare_model, pyplot, save_figure, write_csv)
 
 DEFAULT_MODELS = ['vit_tiny_ape', 'vit_tiny_nope', 'vit_tiny_rope_axial', 'vit_tiny_rope_mixed', 'vit_tiny_alibi2d',
                   'vit_tiny_rpb']
@@ -188,10 +188,7 @@ def plot_bench(rows: List[Dict[str, object]], path: Path, phase: str = 'infer', 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f'{phase} throughput over token count')
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return True
 
 

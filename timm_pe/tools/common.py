@@ -107,6 +107,14 @@ def pyplot():
     return plt
 
 
+def save_figure(plt, fig, path: Path) -> None:
+    """Lay out, write (creating the folder) and close a matplotlib figure."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def model_family(model_name: str) -> Optional[str]:
     """'vit' or 'swin' for a timm-pe model name (with or without tag), None for other models."""
     import timm

@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .common import pyplot, write_csv
+from .common import pyplot, save_figure, write_csv
 
 SUMMARY_COLUMNS = ['model', 'img_size', 'seeds', 'top1_mean', 'top1_std', 'top1_min', 'top1_max', 'top5_mean',
                    'top5_std', 'param_count']
@@ -155,10 +155,7 @@ def plot_summary(summary: Sequence[Mapping[str, object]], path: Path, train_size
             ax.legend(fontsize=7, loc='lower right')
     axes[0].set_ylabel('top-1 (%), mean over seeds; band: min to max')
     fig.suptitle(f'Tiny ViT/8 trained at {train_size} px on Imagenette (grey: training size)')
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return True
 
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..layers import ROPE_SCALINGS
 from ..layers.rotary import TRAIN_GRID_BUFFER
 from .common import (add_model_arguments, add_runtime_arguments, autocast, input_dtype, is_rope_model, model_names,
-                     param_count_millions, parse_sizes, prepare_model, pyplot, write_csv)
+                     param_count_millions, parse_sizes, prepare_model, pyplot, save_figure, write_csv)
 
 RESULTS_COLUMNS = ['model', 'img_size', 'top1', 'top1_err', 'top5', 'top5_err', 'param_count', 'crop_pct',
                    'interpolation']
@@ -104,10 +104,7 @@ def plot_accuracy(rows: Sequence[Mapping[str, object]], path: Path, title: str, 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return True
 
 

@@ -259,6 +259,14 @@ def render_card(
     )
 
 
+def _drop_num_classes_from_model_args(config_path: Path) -> None:
+    """The head size stays in ``num_classes`` (root and pretrained cfg) only: transformers' ``TimmWrapper``
+    passes ``num_classes`` itself and fails on a second one in ``model_args``; timm reads the root one."""
+    config = json.loads(config_path.read_text())
+    config.get('model_args', {}).pop('num_classes', None)
+    config_path.write_text(json.dumps(config, indent=2))
+
+
 def export(
         model: torch.nn.Module,
         out_dir: Path,
@@ -283,6 +291,7 @@ def export(
     if not card_only:
         save_for_hf(model, out_dir, model_config=dict(pretrained_cfg=dict(hf_hub_filename=WEIGHTS_FILE)),
                     safe_serialization=True)
+        _drop_num_classes_from_model_args(out_dir / 'config.json')
     (out_dir / 'README.md').write_text(card)
     return out_dir
 

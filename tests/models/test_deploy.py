@@ -83,6 +83,18 @@ def test_export_vit_with_dynamic_height_and_width(enc):
             torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('enc', ['rope_axial', 'rope_mixed'])
+@pytest.mark.parametrize('rope_scaling', ['interp', 'ntk'])
+def test_export_with_rope_scaling_keeps_sizes_dynamic(enc, rope_scaling):
+    """The hooks' factors depend on the grid (NTK's on whether it grew): still one program for all sizes."""
+    model = tiny_vit(enc, dynamic_img_size=True, rope_scaling=rope_scaling)
+    program = torch.export.export(model, (torch.randn(2, 3, 64, 64),), dynamic_shapes=dynamic_hw())
+    for size in SIZES + [(128, 96)]:
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize('enc', SWIN_ENCODINGS)
 def test_export_swin_at_static_size(enc):
     model = tiny_swin(enc)

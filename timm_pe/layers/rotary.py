@@ -70,11 +70,14 @@ def ntk_band_scale(
     """
     if rope_scaling != 'ntk' or train_grid is None or num_bands < 2:
         return None
-    growth = max(grid[0] / train_grid[0], grid[1] / train_grid[1])
-    if growth <= 1:
-        return None
+    # no Python branch on the grid (a grid no larger than the training one gets factors of exactly 1), so an
+    # export with symbolic sizes keeps them symbolic
+    if torch.jit.is_scripting():
+        growth = max(grid[0] / train_grid[0], grid[1] / train_grid[1], 1.)
+    else:
+        growth = torch.sym_max(torch.sym_max(grid[0] / train_grid[0], grid[1] / train_grid[1]), 1.)
     k = torch.arange(num_bands, device=device, dtype=torch.float32)
-    return torch.exp(-math.log(growth) * k / (num_bands - 1))
+    return torch.pow(growth, -k / (num_bands - 1))
 
 
 class RotaryEncoding(nn.Module):

@@ -84,6 +84,16 @@ def test_sizes_that_are_not_multiples_of_32_are_refused_on_every_path():
     assert [f.shape[1:3] for f in features(torch.randn(1, 3, 256, 320))] == [(64, 80), (32, 40), (16, 20), (8, 10)]
     with pytest.raises(ValueError, match='not a multiple of 32x32'):
         model.forward_intermediates(torch.randn(1, 3, 240, 240))
+    with pytest.raises(TypeError, match='FX cannot trace'):  # rather than a graph of one size's windows
+        torch.fx.symbolic_trace(model)
+
+
+def test_a_dynamic_swin_exports_at_a_static_size_with_that_sizes_windows():
+    model = tiny('rpb', dynamic_img_size=True)
+    x = torch.randn(1, 3, 256, 320)
+    program = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), built_like(model, 'rpb', (256, 320))(x))
 
 
 def test_rpb_tables_are_resized_once_per_window_until_they_change(monkeypatch):

@@ -143,20 +143,6 @@ def test_set_input_size_scales_or_fixes_the_windows(enc):
         assert model.layers[0].blocks[0].attn.pos_enc.relative_position_bias_table.shape == (13 * 13, 1)
 
 
-@torch.no_grad()
-def test_dynamic_img_size_keeps_the_windows_and_refuses_sizes_they_do_not_tile():
-    model = small('swin_tiny_rope_mixed', dynamic_img_size=True)
-    for size in [(224, 224), (224, 448)]:
-        assert model(torch.randn(1, 3, *size)).shape == (1, 1000)
-    assert windows(model) == [(7, 7)] * 4
-    with pytest.raises(ValueError, match='multiples of 224x224'):
-        model(torch.randn(1, 3, 256, 256))
-    features = small('swin_tiny_rpb', dynamic_img_size=True, features_only=True)
-    assert features(torch.randn(1, 3, 448, 224))[0].shape == (1, 112, 56, 16)
-    with pytest.raises(ValueError, match='multiples of 224x224'):
-        features(torch.randn(1, 3, 256, 224))
-
-
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(TypeError):
         small('swin_tiny_rope_axial', not_an_option=3)

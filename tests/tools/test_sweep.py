@@ -82,6 +82,20 @@ def test_sweep_cli_csv_and_plot(tmp_path):
         assert (out / 'top1_vs_resolution.png').stat().st_size > 1000
 
 
+def test_sweep_swin_like_a_vit(tmp_path):
+    """Swin is built with dynamic_img_size=True too: each size gets its own windows (image / 8 with two stages)."""
+    data = make_image_folder(tmp_path / 'data', [2, 2], size=48)
+    out = tmp_path / 'out'
+    swin = ['embed_dim=32', 'depths=(2,2)', 'num_heads=(1,2)', 'img_size=64', 'num_classes=2']
+    assert main(['sweep', 'swin_tiny_rpb', 'swin_tiny_rope_mixed', '--data-dir', str(data), '--sizes', '64,96',
+                 '--rope-scaling', 'none', '--model-kwargs', *swin, '--workers', '0', '--threads', '1',
+                 '--output-dir', str(out)]) == 0
+    _, rows = read_csv(out / 'results.csv')
+    assert {(r['model'], r['img_size']) for r in rows} == {(m, s) for m in ['swin_tiny_rpb', 'swin_tiny_rope_mixed']
+                                                           for s in ('64', '96')}
+    assert all(float(r['top1']) in (0., 25., 50., 75., 100.) for r in rows)
+
+
 def test_sweep_checkpoint_with_saved_kwargs(tmp_path):
     """Weights and model kwargs saved the way ``timm-pe study`` saves them are picked up by --checkpoint."""
     import timm

@@ -5,9 +5,10 @@ patch merging, window partition and cyclic shift, where only the window attentio
 'alibi2d'. Rotary and ALiBi encodings use window-local coordinates (x = i mod Ww, y = i div Ww inside the
 window), the same in shifted and unshifted blocks.
 
-Other resolutions follow rope-vit: by default the window is image size / 32 (7 at 224, 12 at 384), and
-``set_input_size`` scales the windows with the grid (timm); ``window_size=`` fixes them instead. Image sizes
-must split into whole windows at every stage: timm would pad instead, letting padding tokens into attention.
+Other resolutions follow rope-vit: by default the window is image size / 32 per axis (7 at 224, 12 at 384,
+8x10 at 256x320); ``window_size=`` fixes the windows instead. The same rule serves a model built at a size,
+``set_input_size`` and, with ``dynamic_img_size=True``, every input. Image sizes must split into whole windows
+at every stage: timm would pad instead, letting padding tokens into attention.
 """
 import math
 from typing import List, Optional, Sequence, Tuple, Union
@@ -58,10 +59,13 @@ def stage_windows(
         grid = (img_size[0] // (patch_size[0] * 2 ** index), img_size[1] // (patch_size[1] * 2 ** index))
         window = tuple(window) if always_partition else (min(grid[0], window[0]), min(grid[1], window[1]))
         if grid[0] % window[0] or grid[1] % window[1]:
+            tiled = [math.lcm(*(side * 2 ** i * w[axis] for i, w in enumerate(windows)))
+                     for axis, side in enumerate(patch_size)]
             raise ValueError(
                 f'At image size {img_size[0]}x{img_size[1]} stage {index} has a {grid[0]}x{grid[1]} grid, which '
-                f'{window[0]}x{window[1]} windows do not tile; use a window that divides every stage grid (the '
-                f'default, image size / {multiple[0]}, does) or another image size')
+                f'{window[0]}x{window[1]} windows do not tile; the windows {list(windows)} tile sizes that are '
+                f'multiples of {tiled[0]}x{tiled[1]}. Leave window_size unset for windows that follow the image '
+                f'size (image size / {multiple[0]}, which tiles every multiple of {multiple[0]}x{multiple[1]})')
         out.append(window)
     return tuple(out)
 
@@ -176,8 +180,11 @@ class PositionalSwinTransformer(SwinTransformer):
         self.weight_init_mode = 'reset' if weight_init == 'skip' else weight_init
         if weight_init != 'skip':
             self.init_weights(needs_reset=False)
+        # the windows' rule at other sizes: fixed if the caller chose them, else image size / 32 (scaled)
+        self.fixed_windows = window_size is not None
+        self._fitted_img_size = self.patch_embed.img_size
         if self.dynamic_img_size:
-            self.patch_embed.register_forward_pre_hook(self._check_dynamic_input)
+            self.patch_embed.register_forward_pre_hook(self._fit_windows_to_input)
 
     @staticmethod
     def _windows(img_size: Size, patch_size, num_stages: int, window_size) -> Tuple[Size, ...]:
@@ -189,19 +196,40 @@ class PositionalSwinTransformer(SwinTransformer):
                            max(1, img_size[1] // (patch_size[1] * reduction)))
         return timm_swin.resolve_stage_window_sizes(window_size, num_stages)
 
-    def _check_dynamic_input(self, patch_embed: nn.Module, args) -> None:
-        """With dynamic_img_size the windows stay those of img_size; an input whose stage grids they do not
-        tile would be padded by timm (padding tokens then join attention), so it is refused. A hook on the
-        patch embedding covers every path in (forward, forward_intermediates, features_only)."""
-        height, width = args[0].shape[-2:]
-        windows = [stage.blocks[0].window_size for stage in self.layers]
-        multiple = [math.lcm(*(patch * 2 ** index * window[axis] for index, window in enumerate(windows)))
-                    for axis, patch in enumerate(patch_embed.patch_size)]
-        if height % multiple[0] or width % multiple[1]:
-            raise ValueError(
-                f'Input size {height}x{width}: with dynamic_img_size=True the windows stay {windows}, which tile '
-                f'only sizes that are multiples of {multiple[0]}x{multiple[1]}; set_input_size() adapts the '
-                f'windows to another size')
+    def stage_windows_at(self, img_size: Union[int, Size]) -> Tuple[Size, ...]:
+        """The per-stage windows this model uses at ``img_size``: the fixed ``window_size`` if one was chosen,
+        else the reference windows scaled with the grid (image size / 32 by default). Raises ValueError for a
+        size those windows do not tile."""
+        img_size = to_2tuple(img_size)
+        patch_size = self.patch_embed.patch_size
+        windows = self._ref_window_sizes
+        if not self.fixed_windows:
+            grid = (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
+            windows = timm_swin.calc_stage_window_sizes(grid, self._ref_window_sizes, self._ref_grid_size)
+        return stage_windows(img_size, patch_size, windows, self.layers[0].blocks[0].always_partition)
+
+    def _fit_windows_to_input(self, patch_embed: nn.Module, args) -> None:
+        """dynamic_img_size: before the stages run, give every block the window and shift (so the shift mask,
+        which timm builds per input) of this input's size. Only the geometry changes, never a weight: an RPB
+        table is resized to the window on the fly (and cached). A hook on the patch embedding covers every
+        path in (forward, forward_intermediates, features_only)."""
+        x = args[0]
+        if isinstance(x, torch.fx.Proxy):
+            raise TypeError('A Swin built with dynamic_img_size=True picks its windows from the input size, which '
+                            'FX cannot trace; build it at the size to trace (or call set_input_size)')
+        img_size = (int(x.shape[-2]), int(x.shape[-1]))
+        if img_size == self._fitted_img_size:
+            return
+        windows = self.stage_windows_at(img_size)
+        patch_size = patch_embed.patch_size
+        for index, stage in enumerate(self.layers):
+            grid = (img_size[0] // (patch_size[0] * 2 ** index), img_size[1] // (patch_size[1] * 2 ** index))
+            for block in stage.blocks:
+                block.input_resolution = grid
+                block.window_size, block.shift_size = block._calc_window_shift(windows[index])
+                block.window_area = block.window_size[0] * block.window_size[1]
+                block.attn.window_size = block.window_size
+        self._fitted_img_size = img_size
 
     @torch.jit.ignore
     def no_weight_decay(self):
@@ -218,9 +246,13 @@ class PositionalSwinTransformer(SwinTransformer):
             window_ratio=None,
             always_partition: Optional[bool] = None,
     ) -> None:
-        """timm's resize (windows scale with the grid unless ``window_size`` or ``window_ratio`` is given),
-        checked first so that a size the windows do not tile raises before anything changes. RPB tables
-        are resampled as timm does; rotary and ALiBi encodings need nothing."""
+        """timm's resize, with the windows of this model's rule: they scale with the grid (image size / 32)
+        unless fixed by the constructor's ``window_size``; a ``window_size`` (fixed from now on) or
+        ``window_ratio`` (scaling from now on) given here sets a new rule. Checked first so that a size the
+        windows do not tile raises before anything changes. RPB tables are resampled as timm does; rotary and
+        ALiBi encodings need nothing."""
+        if window_size is None and window_ratio is None and self.fixed_windows:
+            window_size = self._ref_window_sizes
         new_img = to_2tuple(img_size) if img_size is not None else self.patch_embed.img_size
         new_patch = to_2tuple(patch_size) if patch_size is not None else self.patch_embed.patch_size
         sizes, ratios = timm_swin.resolve_window_args(window_size, window_ratio, len(self.layers))
@@ -232,6 +264,9 @@ class PositionalSwinTransformer(SwinTransformer):
         stage_windows(new_img, new_patch, windows, always_partition)
         super().set_input_size(img_size=img_size, patch_size=patch_size, window_size=window_size,
                                window_ratio=window_ratio, always_partition=always_partition)
+        if window_size is not None or window_ratio is not None:
+            self.fixed_windows = window_size is not None
+        self._fitted_img_size = self.patch_embed.img_size
         if hasattr(self, 'pretrained_cfg'):
             set_cfg_input_size(self, self.patch_embed.img_size)
 

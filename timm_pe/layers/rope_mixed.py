@@ -60,8 +60,8 @@ class RopeMixed(RotaryEncoding):
         coords, band_scale = grids.grid_table('rope_mixed_coords', grid, device, self.rot_dim,
                                               self.rope_scaling, self.train_grid)
         freqs = self.freqs
-        if (torch.is_grad_enabled() and freqs.requires_grad) or isinstance(freqs, torch.fx.Proxy) \
-                or torch.compiler.is_compiling() or torch.jit.is_tracing() or freqs.is_inference():
+        if isinstance(freqs, torch.fx.Proxy) or torch.compiler.is_compiling() or torch.jit.is_tracing() \
+                or (torch.is_grad_enabled() and freqs.requires_grad) or freqs.is_inference():
             return self._build_tables(coords, band_scale)
         # the frequencies' storage and version tell when they were replaced or updated in place
         key = (tuple(grid), device, freqs.data_ptr(), freqs._version, self.rope_scaling, self.train_grid)

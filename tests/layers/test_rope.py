@@ -120,3 +120,44 @@ def test_ntk_slows_the_slowest_band_by_the_growth_factor():
     x1 = 1  # token 1 is at x = 1
     torch.testing.assert_close(angles[x1, 0], f[0])
     torch.testing.assert_close(angles[x1, 3], f[3] / 2)
+
+
+def test_mixed_inference_tables_are_kept_until_the_frequencies_change():
+    enc = RopeMixed(16, num_heads=2)
+    with torch.no_grad():
+        first = enc.tables((3, 4), CPU)
+        assert enc.tables((3, 4), CPU)[0] is first[0] and first[0].grad_fn is None
+        enc.freqs.mul_(2)  # an optimizer step or a loaded state dict changes them in place
+        second = enc.tables((3, 4), CPU)
+    trained = enc.tables((3, 4), CPU)  # gradients reach the frequencies: rebuilt, differentiable
+    assert trained[0].grad_fn is not None
+    for old, kept, fresh in zip(first, second, trained):
+        assert not torch.equal(kept, old) and torch.equal(kept, fresh)
+
+
+@pytest.mark.parametrize('name', ['vit_tiny_rope_axial', 'vit_tiny_rope_mixed'])
+def test_inference_rotates_in_place_yet_a_hook_on_qkv_sees_the_projection(name):
+    """Without gradients q and k are rotated in the qkv projection's own output, unless a hook holds it."""
+    import timm
+    import timm_pe  # noqa: F401
+    from timm_pe.layers.attention import output_is_private
+    torch.manual_seed(0)
+    model = timm.create_model(name, depth=1, embed_dim=32, num_heads=2, img_size=32).eval()
+    qkv = model.blocks[0].attn.qkv
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x)  # autograd records: rotated out of place
+    assert output_is_private(qkv)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)  # rotated in place
+    seen = []
+    handle = qkv.register_forward_hook(lambda module, args, out: seen.append((out, out.clone())))
+    assert not output_is_private(qkv)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+    handle.remove()
+    assert torch.equal(*seen[0])  # what the hook got was left as the projection wrote it
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda module, args, out: None)
+    try:
+        assert not output_is_private(qkv)
+    finally:
+        handle.remove()

@@ -60,3 +60,35 @@ def test_triton_backend_on_a_cpu_model_says_what_it_needs(monkeypatch):
     model = timm.create_model('vit_tiny_rope_axial', depth=1, embed_dim=48, num_heads=2, img_size=32)
     with pytest.raises(ValueError, match='runs on CUDA tensors, got a cpu tensor.*TRITON_INTERPRET=1'):
         model(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_overwrite_qkv_rotates_in_place_only_without_gradients(dtype):
+    torch.manual_seed(0)
+    B, N, H, D, prefix = 3, 13, 2, 16, 1
+    qkv = torch.randn(B, N, 3 * H * D, dtype=dtype).view(B, N, 3, H, D)
+    cos, sin = torch.randn(2, 1, N - prefix, 6).unbind(0)  # partial rotation: 12 of 16 dims
+    ref = rope_qkv_reference(qkv, cos, sin, prefix)
+    recorded = qkv.clone().requires_grad_()
+    out = apply_rope(recorded, cos, sin, prefix, backend='torch', overwrite_qkv=True)
+    assert torch.equal(recorded, qkv) and out[0].grad_fn is not None  # autograd records: qkv left alone
+    with torch.no_grad():
+        overwritten = qkv.clone()
+        out = apply_rope(overwritten, cos, sin, prefix, backend='torch', overwrite_qkv=True)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, atol=0, rtol=0) if dtype == torch.float32 else \
+            torch.testing.assert_close(a.float(), b.float())
+        assert a.untyped_storage().data_ptr() == overwritten.untyped_storage().data_ptr()
+    assert torch.equal(overwritten[:, :, 2], qkv[:, :, 2])
+
+
+def test_tables_changed_in_place_are_used_at_once():
+    """The PyTorch path keeps widened copies of the tables it sees; an in-place change must not go unseen."""
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 9, 3, 2, 8)
+    cos, sin = torch.randn(2, 1, 9, 4).unbind(0)
+    apply_rope(qkv, cos, sin, backend='torch')
+    cos.mul_(-1)
+    sin.add_(1)
+    for a, b in zip(apply_rope(qkv, cos, sin, backend='torch'), rope_qkv_reference(qkv, cos, sin)):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)

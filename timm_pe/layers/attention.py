@@ -6,6 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..ops import apply_rope
+from ..ops.rope_autograd import fx_symbolic_tracing
 
 torch.fx.wrap('apply_rope')
 
@@ -21,6 +22,14 @@ def merge_masks(bias: torch.Tensor, attn_mask: Optional[torch.Tensor], dtype: to
 
 
 torch.fx.wrap('merge_masks')
+
+
+def output_is_private(module: nn.Module) -> bool:
+    """Whether a module's output reaches only its caller: no forward hook (its own or global) has seen it,
+    and no tracer records it. Then the caller may overwrite it in place."""
+    if torch.compiler.is_compiling() or fx_symbolic_tracing() or torch.jit.is_tracing():
+        return False
+    return not (module._forward_hooks or nn.modules.module._global_forward_hooks)
 
 
 class PositionalAttention(nn.Module):
@@ -91,7 +100,11 @@ class PositionalAttention(nn.Module):
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         elif hasattr(pos_enc, 'tables'):
             cos_sin = pos_enc.tables(grid, x.device)
-            q, k, v = apply_rope(qkv, cos_sin[0], cos_sin[1], self.num_prefix_tokens)
+            # in inference, q and k are rotated in the fresh projection output unless a hook on qkv holds it
+            overwrite = False
+            if not torch.jit.is_scripting():
+                overwrite = output_is_private(self.qkv)
+            q, k, v = apply_rope(qkv, cos_sin[0], cos_sin[1], self.num_prefix_tokens, None, overwrite)
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             if hasattr(pos_enc, 'extend_qkv'):

@@ -41,6 +41,7 @@ def apply_rope(
         sin: torch.Tensor,
         num_prefix_tokens: int = 0,
         backend: Optional[str] = None,
+        overwrite_qkv: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split a fused qkv projection into SDPA-ready q, k, v with q and k rotated.
 
@@ -50,6 +51,9 @@ def apply_rope(
         num_prefix_tokens: leading tokens (class, registers) that are never rotated.
         backend: 'auto' (Triton on CUDA, PyTorch elsewhere), 'torch' or 'triton'; defaults to
             ``$TIMM_PE_ROPE_BACKEND`` or 'auto'.
+        overwrite_qkv: the caller's promise that nothing else reads qkv's q and k (a fresh projection
+            output): the PyTorch path may then rotate them in qkv's storage when no gradient is recorded,
+            and return views of it.
 
     Returns:
         q, k, v of shape (B, heads, N, head_dim); v is a view of ``qkv``.
@@ -59,11 +63,11 @@ def apply_rope(
     """
     if torch.jit.is_scripting():
         return rope_qkv_expression(qkv, cos, sin, num_prefix_tokens)
-    return _apply_rope(qkv, cos, sin, num_prefix_tokens, backend)
+    return _apply_rope(qkv, cos, sin, num_prefix_tokens, backend, overwrite_qkv)
 
 
 def _apply_rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_prefix_tokens: int,
-                backend: Optional[str]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                backend: Optional[str], overwrite_qkv: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f'qkv must be (B, N, 3, heads, head_dim), got shape {tuple(qkv.shape)}')
     B, N, _, H, D = qkv.shape
@@ -76,4 +80,4 @@ def _apply_rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_pre
     if _resolve_backend(backend, qkv.device) == 'triton':
         from .rope_triton import rope_qkv_triton
         return rope_qkv_triton(qkv, cos, sin, num_prefix_tokens)
-    return rope_qkv_torch(qkv, cos, sin, num_prefix_tokens)
+    return rope_qkv_torch(qkv, cos, sin, num_prefix_tokens, overwrite_qkv)

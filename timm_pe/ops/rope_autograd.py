@@ -12,6 +12,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+# FX symbolic tracing only (torch.export counts as compiling); older torch has the broader check alone
+fx_symbolic_tracing = getattr(torch.fx._symbolic_trace, 'is_fx_symbolic_tracing', torch.fx._symbolic_trace.is_fx_tracing)
+
 # forward(qkv, cos, sin, num_prefix_tokens) -> rotated q and k as one (2, B, heads, N, head_dim) tensor
 RopeForward = Callable[[Tensor, Tensor, Tensor, int], Tensor]
 # backward(grad_q, grad_k, grad_v, qkv or None (None: no table gradients), cos, sin, num_prefix_tokens)
@@ -43,13 +46,18 @@ class _RopeQKV(torch.autograd.Function):
         return grads[0], dcos, dsin, None, None, None
 
 
+def records_grad(qkv: Tensor, cos: Tensor, sin: Tensor) -> bool:
+    """Whether autograd records the rotation (else no node is needed, and q, k may even be rotated in place)."""
+    return torch.is_grad_enabled() and (qkv.requires_grad or cos.requires_grad or sin.requires_grad)
+
+
 def rope_qkv_eager(qkv: Tensor, cos: Tensor, sin: Tensor, num_prefix_tokens: int, forward: RopeForward,
                    backward: RopeBackward) -> Tuple[Tensor, Tensor, Tensor]:
     """q, k rotated by ``forward`` and v a view of qkv, with ``backward`` as their one backward node.
 
     With no gradient to record (inference) the node is skipped: the forward alone runs.
     """
-    if torch.is_grad_enabled() and (qkv.requires_grad or cos.requires_grad or sin.requires_grad):
+    if records_grad(qkv, cos, sin):
         return _RopeQKV.apply(qkv, cos, sin, num_prefix_tokens, forward, backward)
     q, k = forward(qkv, cos, sin, num_prefix_tokens).unbind(0)
     return q, k, v_view(qkv)

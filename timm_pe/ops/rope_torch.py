@@ -7,101 +7,167 @@ Layout conventions shared by every backend:
 - Rotate-half pairing: dim j is rotated with dim j + rot_dim // 2, for j < rot_dim // 2; dims at and
   beyond rot_dim pass through (partial RoPE). Prefix tokens pass through.
 """
+import weakref
+from collections import OrderedDict
 from typing import List, Optional, Tuple
 
 import torch
 
-from .rope_autograd import rope_qkv_eager
+from .rope_autograd import records_grad, rope_qkv_eager, v_view
 
-# Elements of the rotated region per eager step and intra-op thread: each thread's float32 temporaries
-# stay in its cache, and a many-core machine still splits every op across all its threads.
-_CHUNK = 1 << 17
+# Elements of the rotated region per eager step and intra-op thread (1 MiB of float32): a chunk's scratch and
+# table rows stay in cache, and a many-core machine still splits every op across all its threads.
+_CHUNK = 1 << 18
+# full-width tables kept for this many (cos, sin) pairs: every RoPE-Mixed layer of a model has its own
+_WIDE_TABLES_KEPT = 64
+_wide_tables_cache: 'OrderedDict[tuple, tuple]' = OrderedDict()
+
+
+def _build_wide_tables(cos: torch.Tensor, sin: torch.Tensor, heads: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    with torch.inference_mode(False), torch.no_grad():  # the cached copy must serve training too
+        return tuple(torch.cat([t, t], -1).float().expand(heads, -1, -1).transpose(0, 1).contiguous()
+                     for t in (cos, sin))
+
+
+def wide_tables(cos: torch.Tensor, sin: torch.Tensor, heads: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin as (rows, heads, rot_dim) float32, each half of a head repeating the (T, rows, rot_dim/2) table.
+
+    In this token-major layout a head's rotated dims, and a token's heads, are one contiguous run in the
+    tables as in qkv, so every op of the rotation loops over whole tokens rather than over half-heads
+    (32 elements at ViT-S, where the per-row cost of ATen's loop weighs). Kept per table pair
+    (by identity and version, freed with the tables): a model's cached RoPE-Axial tables, and RoPE-Mixed's
+    inference tables, are widened once, and a backward reuses its forward's.
+    """
+    if torch.jit.is_tracing() or cos.is_inference() or sin.is_inference():
+        return _build_wide_tables(cos, sin, heads)
+    key = (id(cos), id(sin), heads)
+    hit = _wide_tables_cache.get(key)
+    if hit is not None and hit[0]() is cos and hit[1]() is sin and hit[2] == (cos._version, sin._version):
+        _wide_tables_cache.move_to_end(key)
+        return hit[3]
+    wide = _build_wide_tables(cos, sin, heads)
+
+    def forget(_, key=key):
+        _wide_tables_cache.pop(key, None)
+    _wide_tables_cache[key] = (weakref.ref(cos, forget), weakref.ref(sin, forget), (cos._version, sin._version), wide)
+    while len(_wide_tables_cache) > _WIDE_TABLES_KEPT:
+        _wide_tables_cache.popitem(last=False)
+    return wide
 
 
 def _rotate_into(x: torch.Tensor, y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool,
                  scratch: torch.Tensor) -> None:
-    """Write x rotated by the tables (by their inverse for gradients) into y, in float32, rounded once.
+    """Write x rotated by the full-width tables (by their inverse for gradients) into y, in float32, rounded once.
 
-    Every product goes out= into a contiguous float32 buffer carved from ``scratch`` (no op iterates over
-    a fresh temporary, and no fresh pages are faulted in per chunk: each cost several times the
-    arithmetic on one thread). x is upcast into the buffer first because ATen multiplies mixed dtypes
-    in a slow scalar casting loop. The two products of each output are rounded before the add, as in
-    the reference (no FMA: float32 is bit-identical).
+    Four ops over whole tokens: t = x sin, y = x cos, then y1 -/+= t2 and y2 +/-= t1 on the halves. Every
+    product goes out= into y or a float32 buffer carved from ``scratch`` (no fresh temporaries, no pages
+    faulted in per chunk); x is upcast into the buffer first because ATen multiplies mixed dtypes in a slow
+    scalar casting loop. Each output is the difference of two rounded products, as in the reference (no
+    FMA: float32 is bit-identical).
     """
-    half, n = cos.shape[-1], x.numel()
-    x1_sin, x2_sin = (scratch[i * n // 2:(i + 1) * n // 2].view(*x.shape[:-1], half) for i in range(2))
+    half, n = cos.shape[-1] // 2, x.numel()
+    t = scratch[:n].view(x.shape)
     if x.dtype != torch.float32:
         x = scratch[n:2 * n].view(x.shape).copy_(x)
     out = y if y.dtype == torch.float32 else scratch[2 * n:3 * n].view(y.shape)
-    x1, x2, out1, out2 = x[..., :half], x[..., half:], out[..., :half], out[..., half:]
-    torch.mul(x1, sin, out=x1_sin)  # both sine products first, so that y may be x itself (in place)
-    torch.mul(x2, sin, out=x2_sin)
-    torch.mul(x1, cos, out=out1)
-    out1.add_(x2_sin) if inverse else out1.sub_(x2_sin)
-    torch.mul(x2, cos, out=out2)
-    out2.sub_(x1_sin) if inverse else out2.add_(x1_sin)
+    torch.mul(x, sin, out=t)
+    torch.mul(x, cos, out=out)
+    out1, out2, t1, t2 = out[..., :half], out[..., half:], t[..., :half], t[..., half:]
+    if inverse:
+        out1.add_(t2)
+        out2.sub_(t1)
+    else:
+        out1.sub_(t2)
+        out2.add_(t1)
     if out is not y:
         y.copy_(out)
 
 
-def _batch_step(x: torch.Tensor, num_prefix_tokens: int, rot: int) -> int:
-    """Batch entries of a (B, heads, N, head_dim) x per chunk: ``_CHUNK`` rotated elements per thread."""
-    _, H, N, _ = x.shape
-    return max(1, _CHUNK * torch.get_num_threads() // max(1, H * (N - num_prefix_tokens) * rot))
+def _chunks(B: int, rows: int, elements_per_row: int):
+    """(batch slice, row slice) chunks of about ``_CHUNK`` elements per intra-op thread: runs of rows (tokens)
+    across the whole batch, so each run's table rows are read from memory once and reused for every batch
+    entry; one batch entry at a time where a single row of the whole batch is over the budget."""
+    budget = _CHUNK * torch.get_num_threads()
+    if B * elements_per_row <= budget:
+        step = budget // (B * elements_per_row)
+        return [(slice(0, B), slice(r, r + step)) for r in range(0, rows, step)]
+    step = max(1, budget // elements_per_row)
+    return [(slice(b, b + 1), slice(r, r + step)) for b in range(B) for r in range(0, rows, step)]
 
 
-def _rope_into(xs, ys, cos: torch.Tensor, sin: torch.Tensor, num_prefix_tokens: int, inverse: bool = False) -> None:
-    """Rotate each (B, heads, N, head_dim) x of ``xs`` into the y of ``ys``: pass-through regions copied,
-    the rotation in batch chunks sharing one float32 scratch buffer."""
-    p, rot = num_prefix_tokens, 2 * cos.shape[-1]
-    B, H, N, D = xs[0].shape
-    step = _batch_step(xs[0], p, rot)
-    scratch = torch.empty(3 * min(step, B) * H * (N - p) * rot, device=xs[0].device)
-    for x, y in zip(xs, ys):
-        if p and y is not x:
-            y[..., :p, :].copy_(x[..., :p, :])
-        if rot < D and y is not x:
-            y[..., p:, rot:].copy_(x[..., p:, rot:])
-        for b in range(0, B, step):
-            _rotate_into(x[b:b + step, :, p:, :rot], y[b:b + step, :, p:, :rot], cos, sin, inverse, scratch)
+def _rope_into(x: torch.Tensor, y: torch.Tensor, wide: Tuple[torch.Tensor, torch.Tensor], num_prefix_tokens: int,
+               inverse: bool = False) -> None:
+    """Rotate a token-major (B, N, slots, heads, head_dim) x into y (which may be x): pass-through regions
+    copied, the rotation in cache-sized chunks sharing one float32 scratch buffer, the (rows, heads, rot)
+    tables broadcast over slots."""
+    p, rot = num_prefix_tokens, wide[0].shape[-1]
+    B, N, S, H, D = x.shape
+    if p and y is not x:
+        y[:, :p].copy_(x[:, :p])
+    if rot < D and y is not x:
+        y[:, p:, ..., rot:].copy_(x[:, p:, ..., rot:])
+    chunks = _chunks(B, N - p, S * H * rot)
+    b0, r0 = chunks[0]
+    buffers = 1 if x.dtype == y.dtype == torch.float32 else 3
+    scratch = torch.empty(buffers * len(range(B)[b0]) * len(range(N - p)[r0]) * S * H * rot, device=x.device)
+    xr, yr = x[:, p:, ..., :rot], y[:, p:, ..., :rot]
+    cos, sin = (t.unsqueeze(1) for t in wide)
+    for b, r in chunks:
+        _rotate_into(xr[b, r], yr[b, r], cos[r], sin[r], inverse, scratch)
 
 
 def _table_grads(xs, gs, cos: torch.Tensor, num_prefix_tokens: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """dcos = g1 x1 + g2 x2 and dsin = g2 x1 - g1 x2 over q and k, accumulated per batch entry into
-    (heads, rows, half) float32 sums (no qkv-sized temporary), then summed onto the tables' shape."""
+    """dcos = g1 x1 + g2 x2 and dsin = g2 x1 - g1 x2 over q and k, for token-major (B, N, heads, head_dim) x
+    and g: products over whole tokens summed per batch chunk into (rows, heads, rot) float32 sums (no
+    qkv-sized temporary), whose halves then give the tables' gradients."""
     p, half = num_prefix_tokens, cos.shape[-1]
-    B, H, N, _ = xs[0].shape
-    dcos, dsin = (cos.new_zeros((H, N - p, half)) for _ in range(2))
+    B, N, H, _ = xs[0].shape
+    chunks = _chunks(B, N - p, H * 2 * half)
+    b0, r0 = chunks[0]
+    scratch = cos.new_empty((len(range(B)[b0]), len(range(N - p)[r0]), H, 2 * half))
+    sums = [cos.new_zeros((N - p, H, 2 * half)) for _ in range(2)]
     for x, g in zip(xs, gs):
-        for b in range(B):
-            x1, x2 = x[b, :, p:, :2 * half].float().split(half, -1)
-            g1, g2 = g[b, :, p:, :2 * half].float().split(half, -1)
-            dcos.addcmul_(g1, x1).addcmul_(g2, x2)
-            dsin.addcmul_(g2, x1).addcmul_(g1, x2, value=-1)
-    return dcos.sum_to_size(cos.shape), dsin.sum_to_size(cos.shape)
+        for b, r in chunks:
+            xb, gb = (t[:, p:, :, :2 * half][b, r].float() for t in (x, g))
+            prod = scratch[:xb.shape[0], :xb.shape[1]]
+            sums[0][r].add_(torch.mul(gb, xb, out=prod).sum(0))
+            torch.mul(gb[..., half:], xb[..., :half], out=prod[..., :half])
+            torch.mul(gb[..., :half], xb[..., half:], out=prod[..., half:])
+            sums[1][r].add_(prod.sum(0))
+    dcos = sums[0][..., :half] + sums[0][..., half:]
+    dsin = sums[1][..., :half] - sums[1][..., half:]
+    return dcos.transpose(0, 1).sum_to_size(cos.shape), dsin.transpose(0, 1).sum_to_size(cos.shape)
 
 
 def rope_forward_torch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
-    """Rotated q and k of a (B, N, 3, heads, head_dim) qkv as one (2, B, heads, N, head_dim) tensor."""
+    """Rotated q and k of a (B, N, 3, heads, head_dim) qkv as one (2, B, heads, N, head_dim) tensor.
+
+    Written token-major, (B, N, 2, heads, head_dim) in memory like qkv itself (the returned tensor is a
+    permuted view), so reads and writes run along whole tokens; SDPA takes q and k in any strides.
+    """
     B, N, _, H, D = qkv.shape
-    out = qkv.new_empty((2, B, H, N, D))
-    _rope_into((qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)), out, cos, sin, num_prefix_tokens)
-    return out
+    out = qkv.new_empty((B, N, 2, H, D))
+    _rope_into(qkv[:, :, :2], out, wide_tables(cos, sin, H), num_prefix_tokens)
+    return out.permute(2, 0, 3, 1, 4)
 
 
 def rope_backward_torch(grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor,
                         qkv: Optional[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor,
                         num_prefix_tokens: int) -> List[torch.Tensor]:
-    """dqkv written once, slot by slot (q, k inverse-rotated, v copied); with ``qkv``, the table gradients."""
+    """dqkv written once, slot by slot (q, k inverse-rotated, v copied); with ``qkv``, the table gradients.
+
+    The gradients are read token-major, the layout SDPA's CPU backward returns them in.
+    """
     B, H, N, D = grad_q.shape
     dqkv = grad_q.new_empty((B, N, 3, H, D))
-    slots = [dqkv[:, :, i].transpose(1, 2) for i in range(3)]
-    _rope_into((grad_q, grad_k), slots[:2], cos, sin, num_prefix_tokens, inverse=True)
-    slots[2].copy_(grad_v)
+    wide = wide_tables(cos, sin, H)
+    gs = (grad_q.transpose(1, 2), grad_k.transpose(1, 2))
+    for i, g in enumerate(gs):
+        _rope_into(g.unsqueeze(2), dqkv[:, :, i:i + 1], wide, num_prefix_tokens, inverse=True)
+    dqkv[:, :, 2].copy_(grad_v.transpose(1, 2))
     if qkv is None:
         return [dqkv]
-    xs = (qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2))
-    return [dqkv, *_table_grads(xs, (grad_q, grad_k), cos, num_prefix_tokens)]
+    return [dqkv, *_table_grads((qkv[:, :, 0], qkv[:, :, 1]), gs, cos, num_prefix_tokens)]
 
 
 def _rotate_expression(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, p: int) -> torch.Tensor:
@@ -129,14 +195,21 @@ def rope_qkv_torch(
         cos: torch.Tensor,
         sin: torch.Tensor,
         num_prefix_tokens: int = 0,
+        overwrite_qkv: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rotate q and k straight from the fused qkv; v is returned as a view.
 
-    Eager, q and k are written into one (2, B, heads, N, head_dim) buffer in cache-sized chunks, with no
-    concatenation, no table rebuild and no full-size temporaries. Under torch.compile (which cannot trace
-    strided out= writes) it is the plain expression: Inductor fuses the rotation into one loop, plus a
-    copy behind the prefix. benchmarks/rope.py measures both against timm.
+    Eager, q and k are written token-major into one (B, N, 2, heads, head_dim) buffer in cache-sized chunks,
+    with no concatenation, no table rebuild and no full-size temporaries; with ``overwrite_qkv`` and no
+    gradient recorded, into qkv's own q and k slots instead (no new buffer: the pass then moves half the
+    bytes). Under torch.compile (which cannot trace strided out= writes) it is the plain expression:
+    Inductor fuses the rotation into one loop, plus a copy behind the prefix. benchmarks/rope.py measures
+    both against timm.
     """
     if torch.compiler.is_compiling():
         return rope_qkv_expression(qkv, cos, sin, num_prefix_tokens)
+    if overwrite_qkv and not records_grad(qkv, cos, sin):
+        qk = qkv[:, :, :2]
+        _rope_into(qk, qk, wide_tables(cos, sin, qkv.shape[3]), num_prefix_tokens)
+        return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), v_view(qkv)
     return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, rope_forward_torch, rope_backward_torch)

@@ -18,10 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .rope_autograd import rope_qkv_eager, v_view
-
-# symbolic tracing only (torch.export counts as compiling); older torch has the broader check alone
-_fx_symbolic_tracing = getattr(torch.fx._symbolic_trace, 'is_fx_symbolic_tracing', torch.fx._symbolic_trace.is_fx_tracing)
+from .rope_autograd import fx_symbolic_tracing, rope_qkv_eager, v_view
 
 # (tokens per tile, warps): small tiles for short sequences and narrow heads, tall ones for big launches
 _CONFIGS = [triton.Config({'BLOCK_N': n}, num_warps=w) for n, w in
@@ -230,7 +227,7 @@ def rope_qkv_triton(
 
     Traced (torch.compile, FX) it is the custom op; eager, the shared autograd node around the same ops.
     """
-    if torch.compiler.is_compiling() or _fx_symbolic_tracing():
+    if torch.compiler.is_compiling() or fx_symbolic_tracing():
         qk = torch.ops.timm_pe.rope_qkv(qkv, cos, sin, num_prefix_tokens)
         return qk[0], qk[1], v_view(qkv)
     return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, torch.ops.timm_pe.rope_qkv,

@@ -3,6 +3,7 @@ interpreted kernels or a GPU, otherwise in a child interpreter process. The test
 here are deselected, not skipped, so a report never counts a kernel test that did not run."""
 import os
 
+import pytest
 import torch
 
 
@@ -25,3 +26,12 @@ def pytest_collection_modifyitems(config, items):
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if not item.get_closest_marker(unwanted)]
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """For modules of tiny models: on a shared CPU, intra-op threads cost more in waiting than they gain."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

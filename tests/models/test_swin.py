@@ -14,13 +14,7 @@ ALL_SWINS = [f'swin_{size}_{enc}' for size in SIZES for enc in ATTN_POS]
 SMALL = dict(embed_dim=16, num_heads=(1, 2, 2, 4), depths=(2, 2, 2, 2))
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """The models here are tiny: on a shared CPU, intra-op threads cost more in waiting than they gain."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def small(name, **kwargs):

@@ -12,13 +12,7 @@ from timm_pe.models.swin import ATTN_POS
 TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), num_classes=5)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """The models here are tiny: on a shared CPU, intra-op threads cost more in waiting than they gain."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def tiny(enc, **kwargs):

@@ -108,6 +108,28 @@ def test_grid_cache_is_bounded_in_bytes_and_reuses_entries():
         cache.max_bytes = -1
 
 
+def test_derived_tables_follow_their_sources_and_share_the_byte_bound():
+    import gc
+    cache = TableCache(max_bytes=3072)
+    source, built = torch.ones(256), []
+
+    def doubled():
+        built.append(1)
+        return source * 2
+    first = cache.derived((source,), 'double', doubled)
+    assert cache.derived((source,), 'double', doubled) is first and len(built) == 1
+    source.add_(1)  # updated in place (an optimizer step, a load): rebuilt
+    assert torch.equal(cache.derived((source,), 'double', doubled), torch.full((256,), 4.)) and len(built) == 2
+    assert len(cache) == 1 and cache.nbytes == 1024  # the stale entry was replaced, not kept beside it
+    for key in 'abc':  # grid tables and derived tables evict each other, oldest first
+        cache.get(key, lambda: torch.zeros(256))
+    assert len(cache) == 3 and not any(k[0] == 'derived' for k in cache._tables)
+    cache.derived((source,), 'double', doubled)
+    del source
+    gc.collect()  # a derived table is freed with its source
+    assert len(cache) == 2 and cache.nbytes == 2048 and not cache._sources
+
+
 def test_grid_cache_limit_from_the_environment(monkeypatch):
     monkeypatch.setenv('TIMM_PE_TABLE_CACHE_MB', '1.5')
     assert TableCache().max_bytes == int(1.5 * 2 ** 20)

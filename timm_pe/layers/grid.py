@@ -50,7 +50,8 @@ class TableCache:
     Bounded in bytes (``max_bytes``; default ``$TIMM_PE_TABLE_CACHE_MB`` MiB, else 512), so that a sweep over
     many resolutions does not keep every table alive; a table larger than the limit is built for its call
     and not kept. Modules that use a kind of table ``hold`` it: once the last of them is garbage-collected,
-    the tables of that kind are freed with it rather than outliving the model.
+    the tables of that kind are freed with it rather than outliving the model. Tables derived from changing
+    tensors (``derived``) share the same bound.
     """
 
     def __init__(self, max_bytes: Optional[int] = None):
@@ -59,6 +60,8 @@ class TableCache:
         self._holders: Dict[Hashable, 'weakref.WeakSet'] = {}
         self._lock = threading.Lock()
         self._released: list = []  # kinds whose last holder went while the lock was taken
+        self._sources: Dict[Hashable, tuple] = {}  # derived key -> (source states, weak refs to the sources)
+        self._orphaned: list = []  # derived keys whose source died while the lock was taken
         self.nbytes = 0
         self.max_bytes = _limit_from_env() if max_bytes is None else max_bytes
 
@@ -82,15 +85,44 @@ class TableCache:
                 return self._tables[key]
         with torch.inference_mode(False):  # a table first built during inference must serve training too
             value = build()
-        size = _nbytes(value)
         with self._lock:
-            if size <= self._max_bytes and key not in self._tables:
-                self._tables[key] = value
-                self._sizes[key] = size
-                self.nbytes += size
-                self._evict()
+            if key not in self._tables:
+                self._store(key, value)
             self._drop_released()
         return value
+
+    def derived(self, sources: Tuple[torch.Tensor, ...], settings: Hashable, build: Callable[[], object]):
+        """A table computed (without gradient) from tensors that may change, such as a parameter or another
+        table: kept until one of ``sources`` is replaced, updated in place (its version), moved or cast, and
+        freed with them. Callers skip it where gradients must flow or a tracer records."""
+        key = ('derived', settings, tuple(id(s) for s in sources))
+        states = tuple((s._version, s.data_ptr(), s.device, s.dtype) for s in sources)
+        with self._lock:
+            known = self._sources.get(key)
+            if (known is not None and known[0] == states and key in self._tables
+                    and all(ref() is s for ref, s in zip(known[1], sources))):
+                self._tables.move_to_end(key)
+                return self._tables[key]
+        with torch.inference_mode(False), torch.no_grad():
+            value = build()
+        refs = tuple(weakref.ref(s, lambda _, key=key: self._orphan(key)) for s in sources)
+        with self._lock:
+            if key in self._tables:
+                self._pop(key)
+            if self._store(key, value):
+                self._sources[key] = (states, refs)
+            self._drop_released()
+        return value
+
+    def _store(self, key: Hashable, value) -> bool:
+        size = _nbytes(value)
+        if size > self._max_bytes:
+            return False
+        self._tables[key] = value
+        self._sizes[key] = size
+        self.nbytes += size
+        self._evict()
+        return key in self._tables
 
     def hold(self, owner: object, kind: Hashable) -> None:
         """Keep ``kind`` tables only while some holder lives: ``owner`` (a module using them) is one."""
@@ -103,7 +135,16 @@ class TableCache:
         with self._lock:
             self._tables.clear()
             self._sizes.clear()
+            self._sources.clear()
             self.nbytes = 0
+
+    def _orphan(self, key: Hashable) -> None:
+        self._orphaned.append(key)
+        if self._lock.acquire(blocking=False):  # else the thread holding the lock drops them
+            try:
+                self._drop_released()
+            finally:
+                self._lock.release()
 
     def _release(self, kind: Hashable) -> None:
         self._released.append(kind)
@@ -114,6 +155,11 @@ class TableCache:
                 self._lock.release()
 
     def _drop_released(self) -> None:
+        while self._orphaned:
+            key = self._orphaned.pop()
+            known = self._sources.get(key)
+            if known is not None and any(ref() is None for ref in known[1]):  # not a newer entry's sources
+                self._pop(key)
         while self._released:
             kind = self._released.pop()
             if not any(True for _ in self._holders.get(kind, ())):  # no live holder is left
@@ -127,6 +173,7 @@ class TableCache:
     def _pop(self, key: Hashable) -> None:
         del self._tables[key]
         self.nbytes -= self._sizes.pop(key)
+        self._sources.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._tables)
@@ -161,3 +208,8 @@ def grid_table(kind: str, grid: Grid, device: torch.device, *settings):
     grid = (int(grid[0]), int(grid[1]))
     return TABLE_CACHE.get((kind, settings, grid, device), lambda: build(grid, device, *settings))
 
+
+
+def derived_table(sources: Tuple[torch.Tensor, ...], settings: Hashable, build: Callable[[], object]):
+    """``build()``, cached in the grid-table cache until a tensor of ``sources`` changes (see ``TableCache.derived``)."""
+    return TABLE_CACHE.derived(sources, settings, build)

@@ -35,17 +35,13 @@ def mixed_coords(grid: Grid, device: torch.device, rot_dim: int, rope_scaling: s
 class RopeMixed(RotaryEncoding):
     """Per-head learnable rotary frequencies of one attention layer. While the frequencies train, the tables
     are rebuilt from them each call (only the coordinates are cached); where no gradient reaches them
-    (inference), the last grid's tables are kept until the frequencies change."""
-    # TorchScript never uses the inference tables, which are built eagerly
-    __jit_ignored_attributes__ = ['_inference_tables']
-
+    (inference), the tables are cached until the frequencies change."""
     def __init__(self, head_dim: int, num_heads: int, theta: float = 10., rope_fraction: float = 1.,
                  rope_scaling: str = 'none', train_grid: Optional[Grid] = None):
         super().__init__(head_dim, theta, rope_fraction, rope_scaling, train_grid)
         self.num_heads = num_heads
         grids.TABLE_CACHE.hold(self, 'rope_mixed_coords')
         self.freqs = nn.Parameter(torch.empty(2, num_heads, self.rot_dim // 2))
-        self._inference_tables = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -63,12 +59,8 @@ class RopeMixed(RotaryEncoding):
         if isinstance(freqs, torch.fx.Proxy) or torch.compiler.is_compiling() or torch.jit.is_tracing() \
                 or (torch.is_grad_enabled() and freqs.requires_grad) or freqs.is_inference():
             return self._build_tables(coords, band_scale)
-        # the frequencies' storage and version tell when they were replaced or updated in place
-        key = (tuple(grid), device, freqs.data_ptr(), freqs._version, self.rope_scaling, self.train_grid)
-        if self._inference_tables is None or self._inference_tables[0] != key:
-            with torch.inference_mode(False), torch.no_grad():  # tables kept from inference may serve training
-                self._inference_tables = (key, self._build_tables(coords, band_scale))
-        return self._inference_tables[1]
+        return grids.derived_table((freqs, coords, band_scale), 'rope_mixed',
+                                   lambda: self._build_tables(coords, band_scale))
 
     def _build_tables(self, coords: torch.Tensor, band_scale: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         freqs = self.freqs.float() * band_scale

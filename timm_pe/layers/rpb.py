@@ -3,7 +3,7 @@
 One implementation for ViT (a table over the whole patch grid) and Swin (a table over the window), with
 timm's parameter name and layout, so timm's Swin checkpoints need no conversion of the table itself.
 """
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -15,8 +15,6 @@ from .grid import Grid
 
 # the persistent buffer in which an RPB table's grid travels with it
 GRID_BUFFER = 'grid_size'
-# resized tables a module keeps (one per grid it was last called at, oldest dropped first)
-RESIZED_TABLES_KEPT = 8
 
 
 @grids.grid_table_builder('rpb_index')
@@ -74,8 +72,6 @@ class RelativePositionBias(nn.Module):
         self.register_buffer(GRID_BUFFER, torch.tensor(self.grid, dtype=torch.int64, device=device))
         self.reset_parameters()
         grids.TABLE_CACHE.hold(self, 'rpb_index')
-        # grid -> (the table's state it was resized from, the resized table); see resized_table
-        self._resized: Dict[Grid, Tuple[Tuple, torch.Tensor]] = {}
 
     def reset_parameters(self) -> None:
         nn.init.trunc_normal_(self.relative_position_bias_table, std=.02)
@@ -89,7 +85,6 @@ class RelativePositionBias(nn.Module):
                 getattr(self, GRID_BUFFER).copy_(torch.tensor(grid))
             self.relative_position_bias_table = nn.Parameter(resized, requires_grad=table.requires_grad)
             self.grid = grid
-            self._resized.clear()
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         table_key, grid_key = prefix + 'relative_position_bias_table', prefix + GRID_BUFFER
@@ -119,10 +114,10 @@ class RelativePositionBias(nn.Module):
         return pad_prefix(bias, num_prefix_tokens)
 
     def resized_table(self, grid: Grid) -> torch.Tensor:
-        """The table resized to ``grid`` (bicubic). Kept per grid while no gradient can flow into it (eval,
-        ``no_grad``, a frozen table) until the table changes (an optimizer step or a load bumps its version, a
-        move gives it new storage); resampled in the graph when it may need gradients, and when traced,
-        compiled or exported, where the grid may be symbolic."""
+        """The table resized to ``grid`` (bicubic). Cached per grid while no gradient can flow into it (eval,
+        ``no_grad``, a frozen table) until the table changes (an optimizer step, a load, a move); resampled
+        in the graph when it may need gradients, and when traced, compiled or exported, where the grid may
+        be symbolic."""
         table = self.relative_position_bias_table
         if (torch.compiler.is_compiling() or torch.jit.is_tracing() or isinstance(table, torch.fx.Proxy)
                 or any(isinstance(side, torch.fx.Proxy) for side in grid) or table.is_meta
@@ -131,15 +126,9 @@ class RelativePositionBias(nn.Module):
         grid = (int(grid[0]), int(grid[1]))
         if grid == self.grid:
             return table
-        state = (table._version, table.data_ptr(), table.device, table.dtype)
-        cached = self._resized.get(grid)
-        if cached is None or cached[0] != state:
-            with torch.no_grad(), torch.inference_mode(False):  # built in inference, it must serve training too
-                cached = (state, resize_rpb_table(table, self.grid, grid))
-            if len(self._resized) >= RESIZED_TABLES_KEPT and grid not in self._resized:
-                del self._resized[next(iter(self._resized))]
-            self._resized[grid] = cached
-        return cached[1]
+        old_grid = self.grid
+        return grids.derived_table((table,), ('rpb_resized', old_grid, grid),
+                                   lambda: resize_rpb_table(table, old_grid, grid))
 
     def extra_repr(self) -> str:
         return f'grid={self.grid}'

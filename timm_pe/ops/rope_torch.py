@@ -7,26 +7,20 @@ Layout conventions shared by every backend:
 - Rotate-half pairing: dim j is rotated with dim j + rot_dim // 2, for j < rot_dim // 2; dims at and
   beyond rot_dim pass through (partial RoPE). Prefix tokens pass through.
 """
-import weakref
-from collections import OrderedDict
 from typing import List, Optional, Tuple
 
 import torch
 
+from ..layers.grid import derived_table
 from .rope_autograd import records_grad, rope_qkv_eager, v_view
 
 # Elements of the rotated region per eager step and intra-op thread (1 MiB of float32): a chunk's scratch and
 # table rows stay in cache, and a many-core machine still splits every op across all its threads.
 _CHUNK = 1 << 18
-# full-width tables kept for this many (cos, sin) pairs: every RoPE-Mixed layer of a model has its own
-_WIDE_TABLES_KEPT = 64
-_wide_tables_cache: 'OrderedDict[tuple, tuple]' = OrderedDict()
 
 
 def _build_wide_tables(cos: torch.Tensor, sin: torch.Tensor, heads: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    with torch.inference_mode(False), torch.no_grad():  # the cached copy must serve training too
-        return tuple(torch.cat([t, t], -1).float().expand(heads, -1, -1).transpose(0, 1).contiguous()
-                     for t in (cos, sin))
+    return tuple(torch.cat([t, t], -1).float().expand(heads, -1, -1).transpose(0, 1).contiguous() for t in (cos, sin))
 
 
 def wide_tables(cos: torch.Tensor, sin: torch.Tensor, heads: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -34,25 +28,14 @@ def wide_tables(cos: torch.Tensor, sin: torch.Tensor, heads: int) -> Tuple[torch
 
     In this token-major layout a head's rotated dims, and a token's heads, are one contiguous run in the
     tables as in qkv, so every op of the rotation loops over whole tokens rather than over half-heads
-    (32 elements at ViT-S, where the per-row cost of ATen's loop weighs). Kept per table pair
-    (by identity and version, freed with the tables): a model's cached RoPE-Axial tables, and RoPE-Mixed's
-    inference tables, are widened once, and a backward reuses its forward's.
+    (32 elements at ViT-S, where the per-row cost of ATen's loop weighs). Cached while the tables last
+    unchanged: a model's RoPE-Axial tables, and RoPE-Mixed's inference tables, are widened once, and a
+    backward reuses its forward's.
     """
     if torch.jit.is_tracing() or cos.is_inference() or sin.is_inference():
-        return _build_wide_tables(cos, sin, heads)
-    key = (id(cos), id(sin), heads)
-    hit = _wide_tables_cache.get(key)
-    if hit is not None and hit[0]() is cos and hit[1]() is sin and hit[2] == (cos._version, sin._version):
-        _wide_tables_cache.move_to_end(key)
-        return hit[3]
-    wide = _build_wide_tables(cos, sin, heads)
-
-    def forget(_, key=key):
-        _wide_tables_cache.pop(key, None)
-    _wide_tables_cache[key] = (weakref.ref(cos, forget), weakref.ref(sin, forget), (cos._version, sin._version), wide)
-    while len(_wide_tables_cache) > _WIDE_TABLES_KEPT:
-        _wide_tables_cache.popitem(last=False)
-    return wide
+        with torch.no_grad():
+            return _build_wide_tables(cos, sin, heads)
+    return derived_table((cos, sin), ('rope_wide', heads), lambda: _build_wide_tables(cos, sin, heads))
 
 
 def _rotate_into(x: torch.Tensor, y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool,

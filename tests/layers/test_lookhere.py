@@ -48,6 +48,13 @@ def test_layer_slopes_run_linearly_over_depth():
     assert factors == pytest.approx([1.5, 1.25, 1., .75, .5])
 
 
+def test_each_layer_keeps_its_scaled_bias():
+    first, last = LookHere(4, layer=0, depth=3), LookHere(4, layer=2, depth=3)
+    bias = first.bias((3, 5), 1, CPU)
+    assert first.bias((3, 5), 1, CPU) is bias  # built once, not per forward
+    torch.testing.assert_close(last.bias((3, 5), 1, CPU), bias * (last.factor / first.factor))
+
+
 def test_no_distance_penalty_gives_a_bool_mask_sdpa_takes():
     enc = LookHere(4, directions='corners', global_slope=0.)
     mask = enc.bias((4, 5), 1, CPU)

@@ -29,7 +29,10 @@ def output_is_private(module: nn.Module) -> bool:
     and no tracer records it. Then the caller may overwrite it in place."""
     if torch.compiler.is_compiling() or fx_symbolic_tracing() or torch.jit.is_tracing():
         return False
-    return not (module._forward_hooks or nn.modules.module._global_forward_hooks)
+    # torch has no public way to list hooks: where these private dicts are gone, assume a hook
+    hooks = getattr(module, '_forward_hooks', None)
+    global_hooks = getattr(nn.modules.module, '_global_forward_hooks', None)
+    return hooks is not None and global_hooks is not None and not (hooks or global_hooks)
 
 
 class PositionalAttention(nn.Module):

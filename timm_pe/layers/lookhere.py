@@ -79,7 +79,8 @@ def lookhere_table(grid: Grid, device: torch.device, directions: str, num_heads:
 
 
 class LookHere(nn.Module):
-    """LookHere bias of one layer: the cached per-head table times ``global_slope * layer_slope``.
+    """LookHere bias of one layer: the cached per-head table times ``global_slope * layer_slope``, itself
+    cached per layer factor.
 
     With ``global_slope = 0`` no distance penalty remains and the bias is the boolean mask of the
     directions, which SDPA takes as is.
@@ -106,7 +107,11 @@ class LookHere(nn.Module):
         restriction_only = self.factor == 0
         table = grids.grid_table('lookhere', grid, device, self.directions, self.num_heads, num_prefix_tokens,
                                  restriction_only)
-        return table if restriction_only else table * self.factor
+        if restriction_only:
+            return table
+        if torch.compiler.is_compiling() or isinstance(table, torch.fx.Proxy):
+            return table * self.factor
+        return grids.derived_table((table,), ('lookhere', self.factor), lambda: table * self.factor)
 
     def extra_repr(self) -> str:
         return f'directions={self.directions!r}, factor={self.factor:g}'

@@ -16,6 +16,15 @@ from .common import pyplot, save_figure, write_csv
 SUMMARY_COLUMNS = ['model', 'img_size', 'seeds', 'top1_mean', 'top1_std', 'top1_min', 'top1_max', 'top5_mean',
                    'top5_std', 'param_count']
 RANK_RATIOS = (1., 1.5, 2.5)
+# the order of the tables below: encodings, then RoPE with its hooks
+TABLE_ORDER = ['ape', 'nope', 'alibi2d', 'alibi2d_spread', 'alibi2d_sq', 'rpb', 'lookhere', 'rope_dinov3',
+               'rope_axial', 'rope_axial+interp', 'rope_axial+ntk', 'rope_mixed', 'rope_mixed+interp',
+               'rope_mixed+ntk', 'rope_axial_f0.25', 'rope_axial_f0.25+interp', 'rope_axial_f0.25+ntk',
+               'rope_axial_f0.5', 'rope_axial_f0.5+interp', 'rope_axial_f0.5+ntk']
+# The article's ImageNet100 top-1 (../shared/seeds/blog_alibi_vs_rope_vit.txt; ViT trained at 224 px) at 224,
+# 320, 352 and 512 px: its 1.5x is the mean of 320 and 352, and its largest test, 512 px, is 2.29x.
+ARTICLE_TOP1 = {'ape': (55.48, 57.02, 56.48, 52.32), 'nope': (53.86, 55.86, 55.22, 49.80),
+                'rope_mixed': (55.26, 59.84, 59.70, 55.62), 'alibi2d': (60.74, 64.62, 65.54, 62.20)}
 
 Scores = Dict[Tuple[str, int], Dict[int, float]]  # (model, size) -> seed -> top-1
 
@@ -126,6 +135,54 @@ def mean_std_table(summary: Sequence[Mapping[str, object]], max_seeds: int) -> L
     return lines
 
 
+def _ordered(table: Scores) -> List[str]:
+    models = list(dict.fromkeys(m for m, _ in table))
+    return sorted(models, key=lambda m: (TABLE_ORDER.index(m) if m in TABLE_ORDER else len(TABLE_ORDER), models.index(m)))
+
+
+def ratio_sizes(train_size: int) -> List[int]:
+    return [round(train_size * ratio) for ratio in RANK_RATIOS]
+
+
+def resolution_table(table: Scores, train_size: int, models: Optional[Sequence[str]] = None) -> List[str]:
+    """Markdown: top-1 'mean ± std (seeds)' at 1x, 1.5x and 2.5x the training size."""
+    sizes = ratio_sizes(train_size)
+    lines = ['| encoding | ' + ' | '.join(f'{s} px ({r:g}x)' for s, r in zip(sizes, RANK_RATIOS)) + ' |',
+             '|' + '---|' * (len(sizes) + 1)]
+    for m in models or _ordered(table):
+        if not any((m, s) in table for s in sizes):
+            continue
+        cells = []
+        for s in sizes:
+            values = list(table.get((m, s), {}).values())
+            cells.append(f'{_mean_std(values, 1)} ({len(values)})' if values else '-')
+        lines.append(f'| {m} | ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+def _change(table: Scores, model: str, size: int, train_size: int) -> str:
+    """Mean over seeds of each seed's change from its own training-size top-1, with the seed count."""
+    at_size, at_train = table.get((model, size), {}), table.get((model, train_size), {})
+    changes = [at_size[k] - at_train[k] for k in at_size if k in at_train]
+    return f'{statistics.fmean(changes):+.1f} ({len(changes)})' if changes else '-'
+
+
+def article_table(table: Scores, train_size: int, models: Optional[Sequence[str]] = None) -> List[str]:
+    """Markdown: change of top-1 from the training size at 1.5x and at the largest ratio, the article's
+    beside ours."""
+    _, mid, top = ratio_sizes(train_size)
+    lines = ['| encoding | article 1.5x | ours 1.5x | article 2.29x | ours 2.5x |', '|---|---|---|---|---|']
+    for m in models or _ordered(table):
+        if (m, train_size) not in table:
+            continue
+        article = ARTICLE_TOP1.get(m)
+        at_15 = f'{(article[1] + article[2]) / 2 - article[0]:+.1f}' if article else '-'
+        at_229 = f'{article[3] - article[0]:+.1f}' if article else '-'
+        lines.append(f'| {m} | {at_15} | {_change(table, m, mid, train_size)} | {at_229} | '
+                     f'{_change(table, m, top, train_size)} |')
+    return lines
+
+
 def plot_summary(summary: Sequence[Mapping[str, object]], path: Path, train_size: int) -> bool:
     """Left: every encoding as trained; right: the RoPE hooks (interp, ntk) with APE for reference.
     Line: mean over seeds; band: the lowest to the highest seed."""
@@ -187,7 +244,11 @@ def write_summary(results_dir: Path, train_size: int) -> List[Dict[str, object]]
     text = [f'# Resolution study: top-1 (%) on Imagenette val, trained at {train_size} px',
             '', f'Seeds: {", ".join(map(str, per_seed))}. Mean ± sample std over seeds (n = {max_seeds} unless '
             'marked); every seed\'s numbers are in `seed<k>/results.csv`.', '',
-            *mean_std_table(summary, max_seeds), '', '## Rankings', '',
+            *mean_std_table(summary, max_seeds), '',
+            '## At 1x, 1.5x and 2.5x the training size (number of seeds in brackets)', '',
+            *resolution_table(table, train_size), '',
+            '## Against the article: change from the training size, at matching test/train ratios', '',
+            *article_table(table, train_size), '', '## Rankings', '',
             'A model is *clearly above* another when every one of its seeds beats every seed of the other.', '']
     for ratio in RANK_RATIOS:
         size = round(train_size * ratio)

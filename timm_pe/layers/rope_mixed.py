@@ -59,7 +59,11 @@ class RopeMixed(RotaryEncoding):
         if isinstance(freqs, torch.fx.Proxy) or torch.compiler.is_compiling() or torch.jit.is_tracing() \
                 or (torch.is_grad_enabled() and freqs.requires_grad) or freqs.is_inference():
             return self._build_tables(coords, band_scale)
-        return grids.derived_table((freqs, coords, band_scale), 'rope_mixed',
+        return self._kept_tables(coords, band_scale)
+
+    def _kept_tables(self, coords: torch.Tensor, band_scale: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The tables built once per grid until the frequencies change (TorchScript parses no lambda)."""
+        return grids.derived_table((self.freqs, coords, band_scale), 'rope_mixed',
                                    lambda: self._build_tables(coords, band_scale))
 
     def _build_tables(self, coords: torch.Tensor, band_scale: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -209,7 +209,6 @@ def grid_table(kind: str, grid: Grid, device: torch.device, *settings):
     return TABLE_CACHE.get((kind, settings, grid, device), lambda: build(grid, device, *settings))
 
 
-
 def derived_table(sources: Tuple[torch.Tensor, ...], settings: Hashable, build: Callable[[], object]):
-    """``build()``, cached in the grid-table cache until a tensor of ``sources`` changes (see ``TableCache.derived``)."""
+    """``build()``, kept in the table cache until a tensor of ``sources`` changes (``TableCache.derived``)."""
     return TABLE_CACHE.derived(sources, settings, build)

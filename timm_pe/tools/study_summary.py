@@ -137,19 +137,20 @@ def mean_std_table(summary: Sequence[Mapping[str, object]], max_seeds: int) -> L
 
 def _ordered(table: Scores) -> List[str]:
     models = list(dict.fromkeys(m for m, _ in table))
-    return sorted(models, key=lambda m: (TABLE_ORDER.index(m) if m in TABLE_ORDER else len(TABLE_ORDER), models.index(m)))
+    return sorted(models, key=lambda m: (TABLE_ORDER.index(m) if m in TABLE_ORDER else len(TABLE_ORDER),
+                                         models.index(m)))
 
 
 def ratio_sizes(train_size: int) -> List[int]:
     return [round(train_size * ratio) for ratio in RANK_RATIOS]
 
 
-def resolution_table(table: Scores, train_size: int, models: Optional[Sequence[str]] = None) -> List[str]:
+def resolution_table(table: Scores, train_size: int) -> List[str]:
     """Markdown: top-1 'mean ± std (seeds)' at 1x, 1.5x and 2.5x the training size."""
     sizes = ratio_sizes(train_size)
     lines = ['| encoding | ' + ' | '.join(f'{s} px ({r:g}x)' for s, r in zip(sizes, RANK_RATIOS)) + ' |',
              '|' + '---|' * (len(sizes) + 1)]
-    for m in models or _ordered(table):
+    for m in _ordered(table):
         if not any((m, s) in table for s in sizes):
             continue
         cells = []
@@ -167,12 +168,12 @@ def _change(table: Scores, model: str, size: int, train_size: int) -> str:
     return f'{statistics.fmean(changes):+.1f} ({len(changes)})' if changes else '-'
 
 
-def article_table(table: Scores, train_size: int, models: Optional[Sequence[str]] = None) -> List[str]:
+def article_table(table: Scores, train_size: int) -> List[str]:
     """Markdown: change of top-1 from the training size at 1.5x and at the largest ratio, the article's
     beside ours."""
     _, mid, top = ratio_sizes(train_size)
     lines = ['| encoding | article 1.5x | ours 1.5x | article 2.29x | ours 2.5x |', '|---|---|---|---|---|']
-    for m in models or _ordered(table):
+    for m in _ordered(table):
         if (m, train_size) not in table:
             continue
         article = ARTICLE_TOP1.get(m)

@@ -149,13 +149,15 @@ def test_summary_ranks_and_marks_only_gaps_beyond_every_seed(tmp_path):
 
 
 def test_ratio_tables_take_each_seeds_change_from_its_own_training_size(tmp_path):
-    from timm_pe.tools.study_summary import article_table, resolution_table, scores, read_seed_rows
+    from timm_pe.tools.study_summary import article_table, paired_table, resolution_table, scores, read_seed_rows
     for seed, (at64, at96) in enumerate([(50., 53.), (52., 53.)]):
-        write_seed_csv(tmp_path / f'seed{seed}', {('alibi2d', 64): at64, ('alibi2d', 96): at96})
+        write_seed_csv(tmp_path / f'seed{seed}', {('alibi2d', 64): at64, ('alibi2d', 96): at96,
+                                                  ('nope', 64): 51. + seed})
     table = scores(read_seed_rows(tmp_path))
-    assert resolution_table(table, 64)[2] == '| alibi2d | 51.0 ± 1.4 (2) | 53.0 ± 0.0 (2) | - |'
+    assert resolution_table(table, 64)[3] == '| alibi2d | 51.0 ± 1.4 (2) | 53.0 ± 0.0 (2) | - |'
+    assert paired_table(table, 64)[2:] == ['| alibi2d - nope | -0.5 [-1.0, 0.0] (2) | - | - |']
     # the article: (64.62 + 65.54) / 2 - 60.74 at 1.5x, 62.20 - 60.74 at its 2.29x
-    assert article_table(table, 64)[2] == '| alibi2d | +4.3 | +2.0 (2) | +1.5 | - |'
+    assert article_table(table, 64)[3] == '| alibi2d | +4.3 | +2.0 (2) | +1.5 | - |'
 
 
 def _marked_rows(path: Path, key: str):
@@ -167,15 +169,16 @@ def _marked_rows(path: Path, key: str):
 def test_committed_write_ups_quote_the_committed_results():
     """The study tables in README.md and results/study/README.md are rows of the tables that
     ``timm-pe study --summary-only`` builds from the committed per-seed CSVs."""
-    from timm_pe.tools.study_summary import article_table, read_seed_rows, resolution_table, scores
+    from timm_pe.tools.study_summary import article_table, paired_table, read_seed_rows, resolution_table, scores
     root = Path(__file__).resolve().parents[2]
     table = scores(read_seed_rows(root / 'results' / 'study'))
     train_size = study.Recipe.train_img_size
     tables = {'study-table': resolution_table(table, train_size), 'readme-table': resolution_table(table, train_size),
-              'ratio-table': article_table(table, train_size)}
-    for path, key in [(root / 'README.md', 'readme-table'), (root / 'results' / 'study' / 'README.md', 'study-table'),
-                      (root / 'results' / 'study' / 'README.md', 'ratio-table')]:
-        rows = _marked_rows(path, key)
+              'ratio-table': article_table(table, train_size), 'paired-table': paired_table(table, train_size)}
+    study_readme = root / 'results' / 'study' / 'README.md'
+    for path, key in [(root / 'README.md', 'readme-table'), (study_readme, 'study-table'),
+                      (study_readme, 'ratio-table'), (study_readme, 'paired-table')]:
+        rows = [r for r in _marked_rows(path, key) if not r.startswith('| A - B')]
         assert rows and set(rows) <= set(tables[key]), (path, key, sorted(set(rows) - set(tables[key])))
 
 

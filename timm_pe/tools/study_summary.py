@@ -23,6 +23,11 @@ TABLE_ORDER = ['ape', 'nope', 'alibi2d', 'alibi2d_spread', 'alibi2d_sq', 'rpb', 
                'rope_axial_f0.5', 'rope_axial_f0.5+interp', 'rope_axial_f0.5+ntk']
 # The article's ImageNet100 top-1 (../shared/seeds/blog_alibi_vs_rope_vit.txt; ViT trained at 224 px) at 224,
 # 320, 352 and 512 px: its 1.5x is the mean of 320 and 352, and its largest test, 512 px, is 2.29x.
+# Paired comparisons (same seed: same initial shared weights, data order and augmentation), each answering one
+# question of the write-up: the slope ablation, whether ALiBi is any bias here, and the newer encodings.
+PAIRS = [('alibi2d_spread', 'alibi2d'), ('alibi2d', 'nope'), ('alibi2d_sq', 'alibi2d'), ('lookhere', 'ape'),
+         ('rope_dinov3', 'rope_axial'), ('lookhere', 'rope_dinov3'), ('rope_axial+interp', 'lookhere'),
+         ('rope_axial+interp', 'rope_dinov3'), ('rope_axial_f0.25+interp', 'rope_axial+interp')]
 ARTICLE_TOP1 = {'ape': (55.48, 57.02, 56.48, 52.32), 'nope': (53.86, 55.86, 55.22, 49.80),
                 'rope_mixed': (55.26, 59.84, 59.70, 55.62), 'alibi2d': (60.74, 64.62, 65.54, 62.20)}
 
@@ -161,11 +166,34 @@ def resolution_table(table: Scores, train_size: int) -> List[str]:
     return lines
 
 
+def _signed(value: float) -> str:
+    text = f'{value:+.1f}'
+    return '0.0' if text in ('+0.0', '-0.0') else text
+
+
 def _change(table: Scores, model: str, size: int, train_size: int) -> str:
     """Mean over seeds of each seed's change from its own training-size top-1, with the seed count."""
     at_size, at_train = table.get((model, size), {}), table.get((model, train_size), {})
     changes = [at_size[k] - at_train[k] for k in at_size if k in at_train]
     return f'{statistics.fmean(changes):+.1f} ({len(changes)})' if changes else '-'
+
+
+def paired_table(table: Scores, train_size: int) -> List[str]:
+    """Markdown: per pair of ``PAIRS``, A - B seed by seed at 1x, 1.5x and 2.5x: mean, and the lowest to the
+    highest seed's difference, with the number of seeds both have."""
+    sizes = ratio_sizes(train_size)
+    lines = ['| A - B | ' + ' | '.join(f'{s} px ({r:g}x)' for s, r in zip(sizes, RANK_RATIOS)) + ' |',
+             '|' + '---|' * (len(sizes) + 1)]
+    for a, b in PAIRS:
+        cells = []
+        for s in sizes:
+            at_a, at_b = table.get((a, s), {}), table.get((b, s), {})
+            diffs = [at_a[k] - at_b[k] for k in sorted(at_a) if k in at_b]
+            cells.append(f'{_signed(statistics.fmean(diffs))} [{_signed(min(diffs))}, {_signed(max(diffs))}] '
+                         f'({len(diffs)})' if diffs else '-')
+        if any(c != '-' for c in cells):
+            lines.append(f'| {a} - {b} | ' + ' | '.join(cells) + ' |')
+    return lines
 
 
 def article_table(table: Scores, train_size: int) -> List[str]:
@@ -248,6 +276,8 @@ def write_summary(results_dir: Path, train_size: int) -> List[Dict[str, object]]
             *mean_std_table(summary, max_seeds), '',
             '## At 1x, 1.5x and 2.5x the training size (number of seeds in brackets)', '',
             *resolution_table(table, train_size), '',
+            '## Paired differences: A - B in the same seed, mean [lowest, highest] (seeds)', '',
+            *paired_table(table, train_size), '',
             '## Against the article: change from the training size, at matching test/train ratios', '',
             *article_table(table, train_size), '', '## Rankings', '',
             'A model is *clearly above* another when every one of its seeds beats every seed of the other.', '']

@@ -140,15 +140,15 @@ class TableCache:
 
     def _orphan(self, key: Hashable) -> None:
         self._orphaned.append(key)
-        if self._lock.acquire(blocking=False):  # else the thread holding the lock drops them
-            try:
-                self._drop_released()
-            finally:
-                self._lock.release()
+        self._drop_if_free()
 
     def _release(self, kind: Hashable) -> None:
         self._released.append(kind)
-        if self._lock.acquire(blocking=False):  # else the thread holding the lock drops them
+        self._drop_if_free()
+
+    def _drop_if_free(self) -> None:
+        """Called from garbage collection: drop now, or leave it to the thread holding the lock."""
+        if self._lock.acquire(blocking=False):
             try:
                 self._drop_released()
             finally:

@@ -2,15 +2,17 @@
 timm and torch.compile, and the thesis (RoPE keeps the fused SDPA kernels, biases do not) measured on
 whole models.
 
-On the device machine, from the source tree (no install; torch, triton, timm and matplotlib of its image),
-as one device ``run`` with ``timeout_s`` 540 (eight files come back: the seven below and the log)::
+On the device machine, from the source tree (no install; torch, triton and matplotlib of its image, and
+the timm that CI tests, carried as a wheel), as one device ``run`` with ``carry`` ``[".whl"]`` and
+``timeout_s`` 540 (eight files come back: the seven below and the log). Here, once:
+``pip download --no-deps --only-binary=:all: -d .whl timm==1.0.31`` (``.whl/`` is git-ignored); there::
 
-    set -o pipefail; PYTHONPATH=. PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu --out $OUT 2>&1 | tee $OUT/gpu.log
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit; set -o pipefail;
+    PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu --out $OUT 2>&1 | tee $OUT/gpu.log
 
 It is sized to finish in about 5 minutes on one H200 (``--budget-s`` stops starting model rows past
-that many seconds and records them as skipped). If the image's timm is older than pyproject.toml's
-floor, it says so and stops: carry a wheel (``pip download --no-deps timm==1.0.31 -d .whl`` here, then
-``pip install --no-index --no-deps --target /tmp/site .whl/*.whl`` there, ``PYTHONPATH=/tmp/site:.``).
+that many seconds and records them as skipped). Run without the wheel, it stops at once if the image's
+timm is older than pyproject.toml's floor. The smoke run below passes with Triton 3.6, the image's.
 ``--smoke`` runs the same code paths on CPU in seconds (the kernel under ``TRITON_INTERPRET=1``, tiny
 shapes, a plain timer for ``do_bench``); the test suite runs it so the script cannot rot.
 

@@ -5,7 +5,10 @@ intra-op thread); writes ``results/overhead.csv``. Every model of one size is bu
 steps are timed round-robin (one step of each model per round), so a load change on a shared machine hits
 all of them alike. Reported per model and phase: median step time, and the throughput ratio to the
 baseline taken two ways, the ratio of medians and the median of the per-round ratios (the paired one is
-the steadier on a noisy machine). Nothing here asserts on time.
+the steadier on a noisy machine). Also the time spent in the attention modules' forward (all layers, per
+step; hooks on the attention modules only, so inference still rotates in place), and its excess over the
+baseline's as a fraction of the baseline's step: where an encoding's cost lies, steadier than the ratios
+since it holds one part of the step. Nothing here asserts on time.
 
 The clock is the process's CPU time by default (``--clock cpu``): with one intra-op thread it is the
 compute thread's own time, which a shared, oversubscribed machine inflates far less than wall time
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 
 import timm_pe  # noqa: F401  registers the models
+from timm_pe.layers.attention import PositionalAttention
 from timm_pe.tools.common import write_csv
 
 DEFAULT_MODELS = ['vit_small_ape', 'vit_small_rope_axial', 'vit_small_rope_mixed']
@@ -86,6 +90,27 @@ def ratio_rows(times: Dict[str, List[float]], baseline: str, batch: int, **field
     return rows
 
 
+def attention_time(model: nn.Module, clock: Callable[[], float]) -> List[float]:
+    """A list that each forward of ``model`` extends by the seconds spent in its ``PositionalAttention``
+    modules, all layers together (forward hooks on the model and those modules alone)."""
+    spent, start = [], [0.]
+
+    def new_forward(module, args):
+        spent.append(0.)
+
+    def enter(module, args):
+        start[0] = clock()
+
+    def leave(module, args, out):
+        spent[-1] += clock() - start[0]
+    model.register_forward_pre_hook(new_forward)
+    for module in model.modules():
+        if isinstance(module, PositionalAttention):
+            module.register_forward_pre_hook(enter)
+            module.register_forward_hook(leave)
+    return spent
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS, help='the first one is the baseline')
@@ -109,20 +134,27 @@ def main(argv=None):
     rows = []
     print(f'{torch.get_num_threads()} thread(s), batch {args.batch_size}, {args.reps} rounds, {args.clock} clock, '
           f'load average {os.getloadavg()[0]:.1f}')
-    print(f'{"phase":6} {"px":>4} {"model":24} {"median ms":>10} {"img/s":>8} {"vs base":>8} {"paired":>8}')
+    print(f'{"phase":6} {"px":>4} {"model":24} {"median ms":>10} {"img/s":>8} {"vs base":>8} {"paired":>8}'
+          f' {"attn ms":>8} {"excess":>7}')
+    clock = time.process_time if args.clock == 'cpu' else time.perf_counter
     for size in args.sizes:
         models = {name: timm.create_model(name, img_size=size, **kwargs) for name in args.models}
+        attention = {name: attention_time(m, clock) for name, m in models.items()}
         images = torch.randn(args.batch_size, 3, size, size)
         for phase in args.phases:
             fns = {name: model_steps(m, images, phase == 'train', lambda: torch.autocast('cpu', enabled=False))
                    for name, m in models.items()}
-            clock = time.process_time if args.clock == 'cpu' else time.perf_counter
             times = interleaved_times(fns, args.reps, args.warmup, clock=clock)
+            attn_ms = {name: 1e3 * statistics.median(spent[-args.reps:]) for name, spent in attention.items()}
+            base_ms = 1e3 * statistics.median(times[args.models[0]])
             for row in ratio_rows(times, args.models[0], args.batch_size, phase=phase, img_size=size,
                                   threads=args.threads, clock=args.clock, load_avg=round(os.getloadavg()[0], 1)):
+                row['attention_ms'] = round(attn_ms[row['model']], 2)
+                row['attention_excess'] = round((attn_ms[row['model']] - attn_ms[args.models[0]]) / base_ms, 4)
                 rows.append(row)
                 print(f'{phase:6} {size:>4} {row["model"]:24} {row["median_ms"]:>10.1f} {row["samples_per_sec"]:>8.2f}'
-                      f' {row["vs_baseline"]:>8.3f} {row["vs_baseline_paired"]:>8.3f}', flush=True)
+                      f' {row["vs_baseline"]:>8.3f} {row["vs_baseline_paired"]:>8.3f} {row["attention_ms"]:>8.1f}'
+                      f' {row["attention_excess"]:>7.3f}', flush=True)
     write_csv(rows, args.csv, list(rows[0]))
     print(f'wrote {args.csv}')
 

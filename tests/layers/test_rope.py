@@ -6,6 +6,7 @@ import torch
 from timm_pe.layers.rope_axial import axial_frequencies
 from timm_pe.layers import RopeAxial, RopeMixed, init_mixed_frequencies, rope_rot_dim
 from timm_pe.ops import apply_rope
+from timm_pe.ops.rope_torch import rope_qkv_projected
 
 CPU = torch.device('cpu')
 
@@ -135,29 +136,81 @@ def test_mixed_inference_tables_are_kept_until_the_frequencies_change():
         assert not torch.equal(kept, old) and torch.equal(kept, fresh)
 
 
-@pytest.mark.parametrize('name', ['vit_tiny_rope_axial', 'vit_tiny_rope_mixed'])
-def test_inference_rotates_in_place_yet_a_hook_on_qkv_sees_the_projection(name):
-    """Without gradients q and k are rotated in the qkv projection's own output, unless a hook holds it."""
+def _tiny_rope_vit(name, **kwargs):
     import timm
     import timm_pe  # noqa: F401
-    from timm_pe.layers.attention import output_is_private
     torch.manual_seed(0)
-    model = timm.create_model(name, depth=1, embed_dim=32, num_heads=2, img_size=32).eval()
+    return timm.create_model(name, depth=1, embed_dim=32, num_heads=2, img_size=32, **kwargs).eval()
+
+
+@pytest.mark.parametrize('name', ['vit_tiny_rope_axial', 'vit_tiny_rope_mixed'])
+def test_inference_folds_the_rotation_into_the_projection_unless_it_is_observed(name, monkeypatch):
+    """Without gradients, float32 q and k come from the pair-ordered projection copy; a hook on qkv, or a
+    projection that is not a plain nn.Linear, gets its call, and its output as the projection wrote it."""
+    import timm_pe.layers.attention as attention
+    folded = []
+    monkeypatch.setattr(attention, 'rope_qkv_projected',
+                        lambda *args: folded.append(1) or rope_qkv_projected(*args))
+    model = _tiny_rope_vit(name)
     qkv = model.blocks[0].attn.qkv
     x = torch.randn(2, 3, 32, 32)
-    expected = model(x)  # autograd records: rotated out of place
-    assert output_is_private(qkv)
+    expected = model.forward_features(x)  # autograd records: the projection is called, rotated out of place
+    assert attention.unobserved(qkv) and not folded
     with torch.no_grad():
-        torch.testing.assert_close(model(x), expected)  # rotated in place
-    seen = []
-    handle = qkv.register_forward_hook(lambda module, args, out: seen.append((out, out.clone())))
-    assert not output_is_private(qkv)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), expected)
-    handle.remove()
-    assert torch.equal(*seen[0])  # what the hook got was left as the projection wrote it
-    handle = torch.nn.modules.module.register_module_forward_hook(lambda module, args, out: None)
-    try:
-        assert not output_is_private(qkv)
-    finally:
+        torch.testing.assert_close(model.forward_features(x), expected)
+    assert folded == [1]
+    for register in (qkv.register_forward_hook, qkv.register_forward_pre_hook):
+        seen = []
+        handle = register(lambda module, args, *out: seen.append([t.clone() for t in out] or args))
+        assert not attention.unobserved(qkv)
+        with torch.no_grad():
+            torch.testing.assert_close(model.forward_features(x), expected)
         handle.remove()
+        assert len(seen) == 1 and folded == [1]
+    seen_out = []
+    handle = qkv.register_forward_hook(lambda module, args, out: seen_out.append((out, out.clone())))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert torch.equal(*seen_out[0])  # rotated in place only where nobody holds the projection
+    for register in (torch.nn.modules.module.register_module_forward_hook,
+                     torch.nn.modules.module.register_module_forward_pre_hook):
+        handle = register(lambda *args: None)
+        try:
+            assert not attention.unobserved(qkv)
+        finally:
+            handle.remove()
+
+
+def test_folded_projection_follows_the_weights_and_leaves_other_layers_to_their_call():
+    """The pair-ordered copy is rebuilt when the weights change in place (a loaded state dict); a LoRA-like
+    nn.Linear subclass, and bfloat16, keep the projection's own call."""
+    model, other = _tiny_rope_vit('vit_tiny_rope_axial'), _tiny_rope_vit('vit_tiny_rope_axial')
+    torch.manual_seed(1)
+    other.load_state_dict({k: torch.randn_like(v) if v.is_floating_point() else v for k, v in other.state_dict().items()})
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model.forward_features(x)  # builds the copy of the first weights
+        model.load_state_dict(other.state_dict())
+        torch.testing.assert_close(model.forward_features(x), other.forward_features(x))
+    expected = other.forward_features(x)
+
+    class Adapted(torch.nn.Linear):
+        calls = 0
+
+        def forward(self, x):
+            Adapted.calls += 1
+            return super().forward(x)
+
+    attn = model.blocks[0].attn
+    adapted = Adapted(attn.qkv.in_features, attn.qkv.out_features)
+    adapted.load_state_dict(attn.qkv.state_dict())
+    attn.qkv = adapted
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x), expected)
+    assert Adapted.calls == 1
+    model.bfloat16()
+    with torch.no_grad():
+        out = model.forward_features(x.bfloat16())
+    torch.testing.assert_close(out.float(), model.forward_features(x.bfloat16()).float(), atol=0, rtol=0)
+    assert Adapted.calls == 3

@@ -92,3 +92,44 @@ def test_tables_changed_in_place_are_used_at_once():
     sin.add_(1)
     for a, b in zip(apply_rope(qkv, cos, sin, backend='torch'), rope_qkv_reference(qkv, cos, sin)):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize('prefix', [0, 1, 5])
+@pytest.mark.parametrize('heads_in_table', [False, True])
+@pytest.mark.parametrize('head_dim,half', [(16, 8), (48, 6), (20, 4)])
+@pytest.mark.parametrize('bias', [True, False])
+def test_projected_rotation_gives_the_reference_scores(prefix, heads_in_table, head_dim, half, bias):
+    """The projection and rotation folded into one (q, k in pair order): the same q.k scores and v as
+    projecting, then rotating by the reference."""
+    from timm_pe.ops.rope_torch import rope_qkv_projected
+    torch.manual_seed(0)
+    B, N, H, C = 2, 11 + prefix, 3, 24
+    linear = torch.nn.Linear(C, 3 * H * head_dim, bias=bias)
+    x = torch.randn(B, N, C)
+    cos = torch.randn(H if heads_in_table else 1, N - prefix, half)
+    sin = torch.randn_like(cos)
+    with torch.no_grad():
+        q, k, v = rope_qkv_projected(x, linear.weight, linear.bias, cos, sin, H, prefix)
+        rq, rk, rv = rope_qkv_reference(linear(x).view(B, N, 3, H, head_dim), cos, sin, prefix)
+    assert q.shape == k.shape == v.shape == (B, H, N, head_dim)
+    torch.testing.assert_close(q @ k.transpose(-1, -2), rq @ rk.transpose(-1, -2))
+    torch.testing.assert_close(v, rv)
+    for got, want in ((q, rq), (k, rk)):  # pair order: dim j, then j + half, for the rotated dims
+        torch.testing.assert_close(got[..., :2 * half], torch.stack([want[..., :half], want[..., half:2 * half]],
+                                                                    -1).flatten(-2))
+        torch.testing.assert_close(got[..., 2 * half:], want[..., 2 * half:])
+
+
+def test_projected_rotation_applies_to_float32_inference_only():
+    from timm_pe.ops.apply_rope import projected_rope_applies
+    linear = torch.nn.Linear(8, 24)
+    x, cos, sin = torch.randn(1, 4, 8), torch.randn(1, 4, 2), torch.randn(1, 4, 2)
+    args = (x, linear.weight, linear.bias, cos, sin)
+    assert not projected_rope_applies(*args)  # autograd records the weight's use
+    with torch.no_grad():
+        assert projected_rope_applies(*args)
+        assert not projected_rope_applies(x.bfloat16(), linear.weight.bfloat16(), linear.bias.bfloat16(), cos, sin)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert not projected_rope_applies(*args)
+    with torch.inference_mode():
+        assert projected_rope_applies(*args)

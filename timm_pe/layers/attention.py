@@ -6,7 +6,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..ops import apply_rope
+from ..ops.apply_rope import projected_rope_applies
 from ..ops.rope_autograd import fx_symbolic_tracing
+from ..ops.rope_torch import rope_qkv_projected
 
 torch.fx.wrap('apply_rope')
 
@@ -24,15 +26,17 @@ def merge_masks(bias: torch.Tensor, attn_mask: Optional[torch.Tensor], dtype: to
 torch.fx.wrap('merge_masks')
 
 
-def output_is_private(module: nn.Module) -> bool:
-    """Whether a module's output reaches only its caller: no forward hook (its own or global) has seen it,
-    and no tracer records it. Then the caller may overwrite it in place."""
+def unobserved(module: nn.Module) -> bool:
+    """Whether a module's call is seen by its caller alone: no forward hook or pre-hook (its own or global)
+    sees its input or output, and no tracer records it. Then the caller may overwrite the output in place,
+    or compute it another way."""
     if torch.compiler.is_compiling() or fx_symbolic_tracing() or torch.jit.is_tracing():
         return False
     # torch has no public way to list hooks: where these private dicts are gone, assume a hook
-    hooks = getattr(module, '_forward_hooks', None)
-    global_hooks = getattr(nn.modules.module, '_global_forward_hooks', None)
-    return hooks is not None and global_hooks is not None and not (hooks or global_hooks)
+    hook_dicts = [getattr(module, '_forward_hooks', None), getattr(module, '_forward_pre_hooks', None),
+                  getattr(nn.modules.module, '_global_forward_hooks', None),
+                  getattr(nn.modules.module, '_global_forward_pre_hooks', None)]
+    return all(hooks is not None and not hooks for hooks in hook_dicts)
 
 
 class PositionalAttention(nn.Module):
@@ -94,22 +98,20 @@ class PositionalAttention(nn.Module):
     def attend(self, x: torch.Tensor, grid: Tuple[int, int], attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """The attention itself, for subclasses' ``forward`` to call (TorchScript compiles no ``super()``)."""
         B, N, C = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
         pos_enc = self.pos_enc
         scale: Optional[float] = None
         # rotary encodings have tables(), q/k encodings extend_qkv(), bias encodings bias(); TorchScript
         # resolves hasattr while compiling, so it never compiles a call an encoding does not have
         if pos_enc is None:
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            q, k, v = self._project(x).permute(2, 0, 3, 1, 4).unbind(0)
         elif hasattr(pos_enc, 'tables'):
-            cos_sin = pos_enc.tables(grid, x.device)
-            # in inference, q and k are rotated in the fresh projection output unless a hook on qkv holds it
-            overwrite = False
-            if not torch.jit.is_scripting():
-                overwrite = output_is_private(self.qkv)
-            q, k, v = apply_rope(qkv, cos_sin[0], cos_sin[1], self.num_prefix_tokens, None, overwrite)
+            cos, sin = pos_enc.tables(grid, x.device)
+            if torch.jit.is_scripting():
+                q, k, v = apply_rope(self._project(x), cos, sin, self.num_prefix_tokens)
+            else:
+                q, k, v = self._rotary_qkv(x, cos, sin)
         else:
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            q, k, v = self._project(x).permute(2, 0, 3, 1, 4).unbind(0)
             if hasattr(pos_enc, 'extend_qkv'):
                 q, k, v = pos_enc.extend_qkv(q, k, v, grid, self.num_prefix_tokens)
                 scale = 1.
@@ -123,3 +125,24 @@ class PositionalAttention(nn.Module):
         )
         x = x[..., :self.head_dim].transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """The qkv projection of x (B, N, C) as (B, N, 3, heads, head_dim)."""
+        return self.qkv(x).view(x.shape[0], x.shape[1], 3, self.num_heads, self.head_dim)
+
+    def _rotary_qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v with q and k rotated, in eager mode.
+
+        Where nothing observes the qkv projection, float32 inference on the PyTorch backend folds the
+        rotation into a pair-ordered copy of a plain ``nn.Linear`` projection (``rope_qkv_projected``), and
+        other inference lets ``apply_rope`` rotate q and k in the fresh projection output. Where a hook sees
+        the projection, or it is not a plain ``nn.Linear`` (LoRA, quantized), it runs as called and its
+        output is left as it wrote it.
+        """
+        overwrite = unobserved(self.qkv)
+        if overwrite and type(self.qkv) is nn.Linear and \
+                projected_rope_applies(x, self.qkv.weight, self.qkv.bias, cos, sin):
+            return rope_qkv_projected(x, self.qkv.weight, self.qkv.bias, cos, sin, self.num_heads,
+                                      self.num_prefix_tokens)
+        return apply_rope(self._project(x), cos, sin, self.num_prefix_tokens, None, overwrite)

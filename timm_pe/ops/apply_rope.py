@@ -1,4 +1,5 @@
-"""The one public entry point for rotary embeddings: ``apply_rope``."""
+"""The one public entry point for rotary embeddings: ``apply_rope``; and when the attention module may fold the
+rotation into its projection instead (``rope_qkv_projected``)."""
 import os
 from typing import Optional, Tuple
 
@@ -81,3 +82,15 @@ def _apply_rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_pre
         from .rope_triton import rope_qkv_triton
         return rope_qkv_triton(qkv, cos, sin, num_prefix_tokens)
     return rope_qkv_torch(qkv, cos, sin, num_prefix_tokens, overwrite_qkv)
+
+
+def projected_rope_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], cos: torch.Tensor,
+                           sin: torch.Tensor) -> bool:
+    """Whether ``rope_qkv_projected`` may stand for the projection of x by (weight, bias) and ``apply_rope``:
+    eager float32 on the PyTorch backend, with no gradient recorded and no autocast."""
+    tensors = (x, weight, cos, sin) if bias is None else (x, weight, bias, cos, sin)
+    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and all(t.dtype == torch.float32 for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+            and not torch.is_autocast_enabled(x.device.type)
+            and _resolve_backend(None, x.device) == 'torch')

@@ -10,6 +10,7 @@ Layout conventions shared by every backend:
 from typing import List, Optional, Tuple
 
 import torch
+from torch.nn import functional as F
 
 from ..layers.grid import derived_table
 from .rope_autograd import records_grad, rope_qkv_eager, v_view
@@ -196,3 +197,63 @@ def rope_qkv_torch(
         _rope_into(qk, qk, wide_tables(cos, sin, qkv.shape[3]), num_prefix_tokens)
         return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), v_view(qkv)
     return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, rope_forward_torch, rope_backward_torch)
+
+
+def _pair_order(heads: int, head_dim: int, rot_dim: int) -> torch.Tensor:
+    """Rows of a qkv projection with each head's rotated q and k dims in pairs (j, j + rot_dim // 2, ...), the
+    unrotated dims after them and v as it was."""
+    half = rot_dim // 2
+    head = torch.cat([torch.stack([torch.arange(half), torch.arange(half, rot_dim)], 1).flatten(),
+                      torch.arange(rot_dim, head_dim)])
+    qk = (head + head_dim * torch.arange(2 * heads).unsqueeze(1)).flatten()
+    return torch.cat([qk, torch.arange(2 * heads * head_dim, 3 * heads * head_dim)])
+
+
+def pair_ordered_projection(weight: torch.Tensor, bias: Optional[torch.Tensor], heads: int,
+                            rot_dim: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The (3 * heads * head_dim, in) qkv weight and its bias in ``_pair_order``, cached while they last unchanged.
+
+    A copy of the projection, kept with the grid tables (and within their byte bound) while the model lives.
+    """
+    def build():
+        rows = _pair_order(heads, weight.shape[0] // (3 * heads), rot_dim).to(weight.device)
+        return weight[rows], None if bias is None else bias[rows]
+    sources = (weight,) if bias is None else (weight, bias)
+    return derived_table(sources, ('rope_pair_order', heads, rot_dim), build)
+
+
+def complex_tables(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """cos + i sin of the (T, rows, half) tables as (rows, 1, T, half) complex64, to broadcast over (B, rows,
+    q and k, heads, half); cached while the tables last unchanged, like ``wide_tables``."""
+    def build():
+        return torch.complex(cos.float(), sin.float()).transpose(0, 1).unsqueeze(1).contiguous()
+    if torch.jit.is_tracing() or cos.is_inference() or sin.is_inference():
+        with torch.no_grad():
+            return build()
+    return derived_table((cos, sin), 'rope_complex', build)
+
+
+def rope_qkv_projected(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        heads: int,
+        num_prefix_tokens: int = 0,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The qkv projection of x (B, N, in) and the rotation of q and k at once, for inference: SDPA-ready
+    (B, heads, N, head_dim) q, k, v.
+
+    The projection runs with its rows in pair order (``pair_ordered_projection``), so each rotated pair sits
+    side by side and the rotation is one complex multiply in the projection's own output, about half the
+    cost of the four ops the half-split layout takes. q and k come out in that order: their dot products,
+    the attention scores, are those of the half-split order, as both are permuted alike; v is as projected.
+    ``apply_rope.projected_rope_applies`` says where it may serve.
+    """
+    w, b = pair_ordered_projection(weight, bias, heads, 2 * cos.shape[-1])
+    B, N, _ = x.shape
+    qkv = F.linear(x, w, b).view(B, N, 3, heads, -1)
+    pairs = qkv[:, num_prefix_tokens:, :2, :, :2 * cos.shape[-1]].unflatten(-1, (-1, 2))
+    torch.view_as_complex(pairs).mul_(complex_tables(cos, sin))
+    return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), v_view(qkv)

@@ -147,7 +147,7 @@ def _tiny_rope_vit(name, **kwargs):
 def test_inference_folds_the_rotation_into_the_projection_unless_it_is_observed(name, monkeypatch):
     """Without gradients, float32 q and k come from the pair-ordered projection copy; a hook on qkv, or a
     projection that is not a plain nn.Linear, gets its call, and its output as the projection wrote it."""
-    import timm_pe.layers.attention as attention
+    from timm_pe.layers import attention
     folded = []
     monkeypatch.setattr(attention, 'rope_qkv_projected',
                         lambda *args: folded.append(1) or rope_qkv_projected(*args))
@@ -161,7 +161,7 @@ def test_inference_folds_the_rotation_into_the_projection_unless_it_is_observed(
     assert folded == [1]
     for register in (qkv.register_forward_hook, qkv.register_forward_pre_hook):
         seen = []
-        handle = register(lambda module, args, *out: seen.append([t.clone() for t in out] or args))
+        handle = register(lambda module, args, *out, seen=seen: seen.append([t.clone() for t in out] or args))
         assert not attention.unobserved(qkv)
         with torch.no_grad():
             torch.testing.assert_close(model.forward_features(x), expected)

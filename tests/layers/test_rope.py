@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -158,7 +159,11 @@ def test_inference_folds_the_rotation_into_the_projection_unless_it_is_observed(
     assert attention.unobserved(qkv) and not folded
     with torch.no_grad():
         torch.testing.assert_close(model.forward_features(x), expected)
-    assert folded == [1]
+    with torch.inference_mode():
+        torch.testing.assert_close(model.forward_features(x), expected)
+    assert folded == [1, 1]
+    with torch.no_grad():  # the meta device has no autocast state to ask: left to the projection's call
+        assert copy.deepcopy(model).to('meta')(x.to('meta')).device.type == 'meta' and folded == [1, 1]
     for register in (qkv.register_forward_hook, qkv.register_forward_pre_hook):
         seen = []
         handle = register(lambda module, args, *out, seen=seen: seen.append([t.clone() for t in out] or args))
@@ -166,7 +171,7 @@ def test_inference_folds_the_rotation_into_the_projection_unless_it_is_observed(
         with torch.no_grad():
             torch.testing.assert_close(model.forward_features(x), expected)
         handle.remove()
-        assert len(seen) == 1 and folded == [1]
+        assert len(seen) == 1 and folded == [1, 1]
     seen_out = []
     handle = qkv.register_forward_hook(lambda module, args, out: seen_out.append((out, out.clone())))
     with torch.no_grad():

@@ -87,10 +87,10 @@ def _apply_rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_pre
 def projected_rope_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], cos: torch.Tensor,
                            sin: torch.Tensor) -> bool:
     """Whether ``rope_qkv_projected`` may stand for the projection of x by (weight, bias) and ``apply_rope``:
-    eager float32 on the PyTorch backend, with no gradient recorded and no autocast."""
+    eager float32 on the CPU and the PyTorch backend, with no gradient recorded and no autocast."""
     tensors = (x, weight, cos, sin) if bias is None else (x, weight, bias, cos, sin)
-    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+    return (x.device.type == 'cpu' and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
             and all(t.dtype == torch.float32 for t in tensors)
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-            and not torch.is_autocast_enabled(x.device.type)
+            and not torch.is_autocast_enabled('cpu')
             and _resolve_backend(None, x.device) == 'torch')

@@ -134,11 +134,11 @@ class PositionalAttention(nn.Module):
                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v with q and k rotated, in eager mode.
 
-        Where nothing observes the qkv projection, float32 inference on the PyTorch backend folds the
-        rotation into a pair-ordered copy of a plain ``nn.Linear`` projection (``rope_qkv_projected``), and
-        other inference lets ``apply_rope`` rotate q and k in the fresh projection output. Where a hook sees
-        the projection, or it is not a plain ``nn.Linear`` (LoRA, quantized), it runs as called and its
-        output is left as it wrote it.
+        Where nothing observes the qkv projection, float32 inference on the CPU folds the rotation into a
+        pair-ordered copy of a plain ``nn.Linear`` projection (``rope_qkv_projected``), and other inference
+        lets ``apply_rope`` rotate q and k in the fresh projection output. Where a hook sees the projection,
+        or it is not a plain ``nn.Linear`` (LoRA, quantized), it runs as called and its output is left as
+        it wrote it.
         """
         overwrite = unobserved(self.qkv)
         if overwrite and type(self.qkv) is nn.Linear and \

@@ -6,6 +6,7 @@ Layout conventions shared by every backend:
   (one table for all heads, RoPE-Axial) or T = heads (RoPE-Mixed).
 - Rotate-half pairing: dim j is rotated with dim j + rot_dim // 2, for j < rot_dim // 2; dims at and
   beyond rot_dim pass through (partial RoPE). Prefix tokens pass through.
+  (``rope_qkv_projected``, for CPU inference, puts the pairs side by side inside attention only.)
 """
 from typing import List, Optional, Tuple
 
@@ -226,7 +227,7 @@ def complex_tables(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """cos + i sin of the (T, rows, half) tables as (rows, 1, T, half) complex64, to broadcast over (B, rows,
     q and k, heads, half); cached while the tables last unchanged, like ``wide_tables``."""
     def build():
-        return torch.complex(cos.float(), sin.float()).transpose(0, 1).unsqueeze(1).contiguous()
+        return torch.complex(cos, sin).transpose(0, 1).unsqueeze(1).contiguous()
     if torch.jit.is_tracing() or cos.is_inference() or sin.is_inference():
         with torch.no_grad():
             return build()

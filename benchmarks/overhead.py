@@ -2,7 +2,7 @@
 
 Run from the repository root: ``python -m benchmarks.overhead`` (ViT-S/16, 224 and 384 px, batch 8, one
 intra-op thread); writes ``results/overhead.csv``. Every model of one size is built once, then the models'
-steps are timed round-robin (one step of each model per round), so a load change on a shared machine hits
+steps are timed round-robin (one step of each model per round, in a shuffled order), so a load change on a shared machine hits
 all of them alike. Reported per model and phase: median step time, and the throughput ratio to the
 baseline taken two ways, the ratio of medians and the median of the per-round ratios (the paired one is
 the steadier on a noisy machine). Also the time spent in the attention modules' forward (all layers, per
@@ -17,6 +17,7 @@ compute thread's own time, which a shared, oversubscribed machine inflates far l
 import argparse
 import ast
 import os
+import random
 import statistics
 import time
 from pathlib import Path
@@ -36,13 +37,17 @@ DEFAULT_MODELS = ['vit_small_ape', 'vit_small_rope_axial', 'vit_small_rope_mixed
 def interleaved_times(fns: Dict[str, Callable[[], object]], reps: int, warmup: int = 1,
                       sync: Callable[[], None] = lambda: None,
                       clock: Callable[[], float] = time.perf_counter) -> Dict[str, List[float]]:
-    """Seconds per call of each function over ``reps`` rounds, one call of each per round."""
+    """Seconds per call of each function over ``reps`` rounds, one call of each per round, each round in its
+    own (seeded) order, so that no function always runs after the same other one."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times = {name: [] for name in fns}
+    order, shuffle = list(fns), random.Random(0).shuffle
     for _ in range(reps):
-        for name, fn in fns.items():
+        shuffle(order)
+        for name in order:
+            fn = fns[name]
             sync()
             start = clock()
             fn()

@@ -6,9 +6,10 @@ steps are timed round-robin (one step of each model per round, in a shuffled ord
 shared machine hits all of them alike. Reported per model and phase: median step time, and the throughput
 ratio to the baseline taken two ways, the ratio of medians and the median of the per-round ratios (the
 paired one is the steadier on a noisy machine). Also the time spent in the attention modules' forward (all
-layers, per step; hooks on the attention modules only, so inference still rotates in place), and its excess
-over the baseline's as a fraction of the baseline's step: where an encoding's cost lies, steadier than the
-ratios since it holds one part of the step. Nothing here asserts on time.
+layers, per step; hooks on the attention modules only, none on their projections, so inference still folds
+the rotation into the projection), and its excess over the baseline's as a fraction of the baseline's step:
+where an encoding's cost lies, steadier than the ratios since it holds one part of the step. Nothing here
+asserts on time.
 
 The clock is the process's CPU time by default (``--clock cpu``): with one intra-op thread it is the
 compute thread's own time, which a shared, oversubscribed machine inflates far less than wall time

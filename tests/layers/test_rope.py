@@ -146,8 +146,8 @@ def _tiny_rope_vit(name, **kwargs):
 
 @pytest.mark.parametrize('name', ['vit_tiny_rope_axial', 'vit_tiny_rope_mixed'])
 def test_inference_folds_the_rotation_into_the_projection_unless_it_is_observed(name, monkeypatch):
-    """Without gradients, float32 q and k come from the pair-ordered projection copy; a hook on qkv, or a
-    projection that is not a plain nn.Linear, gets its call, and its output as the projection wrote it."""
+    """Without gradients, float32 q and k on the CPU come from the pair-ordered projection copy; a hook on
+    qkv (forward or pre-hook) gets its call, and the output as the projection wrote it."""
     from timm_pe.layers import attention
     folded = []
     monkeypatch.setattr(attention, 'rope_qkv_projected',
@@ -162,7 +162,7 @@ def test_inference_folds_the_rotation_into_the_projection_unless_it_is_observed(
     with torch.inference_mode():
         torch.testing.assert_close(model.forward_features(x), expected)
     assert folded == [1, 1]
-    with torch.no_grad():  # the meta device has no autocast state to ask: left to the projection's call
+    with torch.no_grad():  # elsewhere than the CPU the projection is called
         assert copy.deepcopy(model).to('meta')(x.to('meta')).device.type == 'meta' and folded == [1, 1]
     for register in (qkv.register_forward_hook, qkv.register_forward_pre_hook):
         seen = []

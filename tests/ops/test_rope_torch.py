@@ -131,5 +131,6 @@ def test_projected_rotation_applies_to_float32_inference_only():
         assert not projected_rope_applies(x.bfloat16(), linear.weight.bfloat16(), linear.bias.bfloat16(), cos, sin)
         with torch.autocast('cpu', dtype=torch.bfloat16):
             assert not projected_rope_applies(*args)
+        assert not projected_rope_applies(*(t.to('meta') for t in args))
     with torch.inference_mode():
         assert projected_rope_applies(*args)

@@ -141,7 +141,14 @@ def _tiny_rope_vit(name, **kwargs):
     import timm
     import timm_pe  # noqa: F401
     torch.manual_seed(0)
-    return timm.create_model(name, depth=1, embed_dim=32, num_heads=2, img_size=32, **kwargs).eval()
+    return timm.create_model(name, **{'depth': 1, 'embed_dim': 32, 'num_heads': 2, 'img_size': 64, **kwargs}).eval()
+
+
+def _count_folds(monkeypatch):
+    from timm_pe.layers import attention
+    folded = []
+    monkeypatch.setattr(attention, 'rope_qkv_projected', lambda *args: folded.append(1) or rope_qkv_projected(*args))
+    return folded
 
 
 @pytest.mark.parametrize('name', ['vit_tiny_rope_axial', 'vit_tiny_rope_mixed'])
@@ -149,12 +156,10 @@ def test_inference_folds_the_rotation_into_the_projection_unless_it_is_observed(
     """Without gradients, float32 q and k on the CPU come from the pair-ordered projection copy; a hook on
     qkv (forward or pre-hook) gets its call, and the output as the projection wrote it."""
     from timm_pe.layers import attention
-    folded = []
-    monkeypatch.setattr(attention, 'rope_qkv_projected',
-                        lambda *args: folded.append(1) or rope_qkv_projected(*args))
+    folded = _count_folds(monkeypatch)
     model = _tiny_rope_vit(name)
     qkv = model.blocks[0].attn.qkv
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 64, 64)
     expected = model.forward_features(x)  # autograd records: the projection is called, rotated out of place
     assert attention.unobserved(qkv) and not folded
     with torch.no_grad():
@@ -187,35 +192,52 @@ def test_inference_folds_the_rotation_into_the_projection_unless_it_is_observed(
             handle.remove()
 
 
-def test_folded_projection_follows_the_weights_and_leaves_other_layers_to_their_call():
-    """The pair-ordered copy is rebuilt when the weights change in place (a loaded state dict); a LoRA-like
-    nn.Linear subclass, and bfloat16, keep the projection's own call."""
-    model, other = _tiny_rope_vit('vit_tiny_rope_axial'), _tiny_rope_vit('vit_tiny_rope_axial')
-    torch.manual_seed(1)
-    other.load_state_dict({k: torch.randn_like(v) if v.is_floating_point() else v for k, v in other.state_dict().items()})
-    x = torch.randn(2, 3, 32, 32)
+def test_folded_projection_sees_every_weight_change_and_leaves_other_projections_to_their_call(monkeypatch):
+    """The pair-ordered copy is made per call, so a write through ``.data`` (which bumps no version counter,
+    as many EMA teachers update) is seen at once, and a model built under inference_mode folds too. A
+    LoRA-like nn.Linear subclass, a ``forward`` replaced on the instance, bfloat16 and too few tokens keep
+    the projection's own call."""
+    folded = _count_folds(monkeypatch)
+    model = _tiny_rope_vit('vit_tiny_rope_axial')
+    x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        model.forward_features(x)  # builds the copy of the first weights
-        model.load_state_dict(other.state_dict())
-        torch.testing.assert_close(model.forward_features(x), other.forward_features(x))
-    expected = other.forward_features(x)
+        before = model.forward_features(x)
+        model.blocks[0].attn.qkv.weight.data.mul_(2)
+        after = model.forward_features(x)
+    assert folded == [1, 1] and not torch.allclose(before, after)
+    torch.testing.assert_close(after, model.forward_features(x))
+    expected = _tiny_rope_vit('vit_tiny_rope_axial').forward_features(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(_tiny_rope_vit('vit_tiny_rope_axial').forward_features(x), expected)
+    assert folded == [1, 1, 1]
+
+    calls = []
 
     class Adapted(torch.nn.Linear):
-        calls = 0
-
         def forward(self, x):
-            Adapted.calls += 1
+            calls.append('subclass')
             return super().forward(x)
 
-    attn = model.blocks[0].attn
-    adapted = Adapted(attn.qkv.in_features, attn.qkv.out_features)
-    adapted.load_state_dict(attn.qkv.state_dict())
-    attn.qkv = adapted
-    with torch.no_grad():
-        torch.testing.assert_close(model.forward_features(x), expected)
-    assert Adapted.calls == 1
-    model.bfloat16()
+    def adapted(qkv):
+        module = Adapted(qkv.in_features, qkv.out_features)
+        module.load_state_dict(qkv.state_dict())
+        return module
+
+    def replaced_forward(qkv):
+        qkv.forward = lambda t, forward=qkv.forward: calls.append('instance') or forward(t)
+        return qkv
+
+    for change in (adapted, replaced_forward):
+        model = _tiny_rope_vit('vit_tiny_rope_axial')
+        model.blocks[0].attn.qkv = change(model.blocks[0].attn.qkv)
+        with torch.no_grad():
+            torch.testing.assert_close(model.forward_features(x), expected)
+    model = _tiny_rope_vit('vit_tiny_rope_axial').bfloat16()
     with torch.no_grad():
         out = model.forward_features(x.bfloat16())
     torch.testing.assert_close(out.float(), model.forward_features(x.bfloat16()).float(), atol=0, rtol=0)
-    assert Adapted.calls == 3
+    model, one = _tiny_rope_vit('vit_tiny_rope_axial', embed_dim=64), x[:1]  # 17 tokens, under 64 / 2
+    expected = model.forward_features(one)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(one), expected)
+    assert calls == ['subclass', 'instance'] and folded == [1, 1, 1]

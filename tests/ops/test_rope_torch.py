@@ -120,14 +120,20 @@ def test_projected_rotation_gives_the_reference_scores(prefix, heads_in_table, h
         torch.testing.assert_close(got[..., 2 * half:], want[..., 2 * half:])
 
 
-def test_projected_rotation_applies_to_float32_inference_only():
+def test_projected_rotation_applies_to_float32_cpu_inference_with_enough_tokens():
     from timm_pe.ops.apply_rope import projected_rope_applies
+
+    class Quantized(torch.Tensor):
+        pass
+
     linear = torch.nn.Linear(8, 24)
     x, cos, sin = torch.randn(1, 4, 8), torch.randn(1, 4, 2), torch.randn(1, 4, 2)
     args = (x, linear.weight, linear.bias, cos, sin)
     assert not projected_rope_applies(*args)  # autograd records the weight's use
     with torch.no_grad():
         assert projected_rope_applies(*args)
+        assert not projected_rope_applies(x[:, :3], linear.weight, linear.bias, cos[:, :3], sin[:, :3])  # 3 < 8 / 2
+        assert not projected_rope_applies(x, linear.weight.as_subclass(Quantized), linear.bias, cos, sin)
         assert not projected_rope_applies(x.bfloat16(), linear.weight.bfloat16(), linear.bias.bfloat16(), cos, sin)
         with torch.autocast('cpu', dtype=torch.bfloat16):
             assert not projected_rope_applies(*args)

@@ -136,12 +136,13 @@ class PositionalAttention(nn.Module):
 
         Where nothing observes the qkv projection, float32 inference on the CPU folds the rotation into a
         pair-ordered copy of a plain ``nn.Linear`` projection (``rope_qkv_projected``), and other inference
-        lets ``apply_rope`` rotate q and k in the fresh projection output. Where a hook sees the projection,
-        or it is not a plain ``nn.Linear`` (LoRA, quantized), it runs as called and its output is left as
-        it wrote it.
+        lets ``apply_rope`` rotate q and k in the fresh projection output. Where a hook sees the projection
+        (forward hook or pre-hook), it runs as called and its output is left as it wrote it; a projection
+        that is not a plain ``nn.Linear`` (LoRA, parametrized, quantized, or with its ``forward`` replaced
+        on the instance, as accelerate's offloading does) is called too.
         """
         overwrite = unobserved(self.qkv)
-        if overwrite and type(self.qkv) is nn.Linear and \
+        if overwrite and type(self.qkv) is nn.Linear and 'forward' not in vars(self.qkv) and \
                 projected_rope_applies(x, self.qkv.weight, self.qkv.bias, cos, sin):
             return rope_qkv_projected(x, self.qkv.weight, self.qkv.bias, cos, sin, self.num_heads,
                                       self.num_prefix_tokens)

@@ -86,11 +86,15 @@ def _apply_rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_pre
 
 def projected_rope_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], cos: torch.Tensor,
                            sin: torch.Tensor) -> bool:
-    """Whether ``rope_qkv_projected`` may stand for the projection of x by (weight, bias) and ``apply_rope``:
-    eager float32 on the CPU and the PyTorch backend, with no gradient recorded and no autocast."""
+    """Whether ``rope_qkv_projected`` may stand for the projection of x by (weight, bias) and ``apply_rope``
+    (the caller rules out hooks, tracers and TorchScript): plain float32 CPU tensors on the PyTorch backend,
+    no gradient recorded, no autocast, and at least in_features / 2 tokens. With fewer, the per-call copy of
+    the weight costs more than the rotation it saves (ViT-B at batch 1 loses, ViT-S at batch 1 gains)."""
     tensors = (x, weight, cos, sin) if bias is None else (x, weight, bias, cos, sin)
-    return (x.device.type == 'cpu' and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and all(t.dtype == torch.float32 for t in tensors)
+    return (all(t.device.type == 'cpu' and t.dtype == torch.float32 for t in tensors)
+            and all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)  # no quantized subclasses
+            and 2 * x.shape[0] * x.shape[1] >= weight.shape[1]
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
             and not torch.is_autocast_enabled('cpu')
             and _resolve_backend(None, x.device) == 'torch')

@@ -8,6 +8,7 @@ Layout conventions shared by every backend:
   beyond rot_dim pass through (partial RoPE). Prefix tokens pass through.
   (``rope_qkv_projected``, for CPU inference, puts the pairs side by side inside attention only.)
 """
+import functools
 from typing import List, Optional, Tuple
 
 import torch
@@ -200,7 +201,8 @@ def rope_qkv_torch(
     return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, rope_forward_torch, rope_backward_torch)
 
 
-def _pair_order(heads: int, head_dim: int, rot_dim: int) -> torch.Tensor:
+@functools.lru_cache(maxsize=None)
+def pair_order(heads: int, head_dim: int, rot_dim: int) -> torch.Tensor:
     """Rows of a qkv projection with each head's rotated q and k dims in pairs (j, j + rot_dim // 2, ...), the
     unrotated dims after them and v as it was."""
     half = rot_dim // 2
@@ -208,19 +210,6 @@ def _pair_order(heads: int, head_dim: int, rot_dim: int) -> torch.Tensor:
                       torch.arange(rot_dim, head_dim)])
     qk = (head + head_dim * torch.arange(2 * heads).unsqueeze(1)).flatten()
     return torch.cat([qk, torch.arange(2 * heads * head_dim, 3 * heads * head_dim)])
-
-
-def pair_ordered_projection(weight: torch.Tensor, bias: Optional[torch.Tensor], heads: int,
-                            rot_dim: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The (3 * heads * head_dim, in) qkv weight and its bias in ``_pair_order``, cached while they last unchanged.
-
-    A copy of the projection, kept with the grid tables (and within their byte bound) while the model lives.
-    """
-    def build():
-        rows = _pair_order(heads, weight.shape[0] // (3 * heads), rot_dim).to(weight.device)
-        return weight[rows], None if bias is None else bias[rows]
-    sources = (weight,) if bias is None else (weight, bias)
-    return derived_table(sources, ('rope_pair_order', heads, rot_dim), build)
 
 
 def complex_tables(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -243,18 +232,20 @@ def rope_qkv_projected(
         heads: int,
         num_prefix_tokens: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The qkv projection of x (B, N, in) and the rotation of q and k at once, for inference: SDPA-ready
+    """The qkv projection of x (B, N, in) and the rotation of q and k at once, for CPU inference: SDPA-ready
     (B, heads, N, head_dim) q, k, v.
 
-    The projection runs with its rows in pair order (``pair_ordered_projection``), so each rotated pair sits
-    side by side and the rotation is one complex multiply in the projection's own output, about half the
-    cost of the four ops the half-split layout takes. q and k come out in that order: their dot products,
-    the attention scores, are those of the half-split order, as both are permuted alike; v is as projected.
+    The projection runs from its weight and bias gathered into ``pair_order`` for this call (a transient copy:
+    nothing is cached, so a change to the weights by any route is seen at once), so each rotated pair sits
+    side by side and the rotation is one complex multiply in the projection's own output, in place of the
+    four ops the rotate-half layout takes. q and k come out in that order: their dot products, the attention
+    scores, are those of the rotate-half order, as both are permuted alike; v is as projected.
     ``apply_rope.projected_rope_applies`` says where it may serve.
     """
-    w, b = pair_ordered_projection(weight, bias, heads, 2 * cos.shape[-1])
     B, N, _ = x.shape
-    qkv = F.linear(x, w, b).view(B, N, 3, heads, -1)
+    rows = pair_order(heads, weight.shape[0] // (3 * heads), 2 * cos.shape[-1])
+    qkv = F.linear(x, weight.index_select(0, rows), None if bias is None else bias.index_select(0, rows))
+    qkv = qkv.view(B, N, 3, heads, -1)
     pairs = qkv[:, num_prefix_tokens:, :2, :, :2 * cos.shape[-1]].unflatten(-1, (-1, 2))
     torch.view_as_complex(pairs).mul_(complex_tables(cos, sin))
     return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), v_view(qkv)

@@ -105,7 +105,10 @@ def test_rpb_tables_are_resized_once_per_window_until_they_change(monkeypatch):
         assert len(calls) == 8 and pos_enc.resized_table((8, 10)) is table  # the cached table serves again
         pos_enc.relative_position_bias_table.add_(1.)  # as an optimizer step would: the cache is refreshed
         fresh = pos_enc.resized_table((8, 10))
-    assert fresh is not table and len(calls) == 9
+        assert fresh is not table and len(calls) == 9
+        pos_enc.relative_position_bias_table.data.mul_(2.)  # as EMA teachers update: no version bump, seen too
+        fresh = pos_enc.resized_table((8, 10))
+    assert len(calls) == 10
     torch.testing.assert_close(fresh, resize(pos_enc.relative_position_bias_table.detach(), (7, 7), (8, 10)))
     # training: the resize stays in the graph, so the table gets its gradient
     model.train()

@@ -94,23 +94,28 @@ class TableCache:
     def derived(self, sources: Tuple[torch.Tensor, ...], settings: Hashable, build: Callable[[], object]):
         """A table computed (without gradient) from tensors that may change, such as a parameter or another
         table: kept until one of ``sources`` is replaced, updated in place (its version), moved or cast, and
-        freed with them. Callers skip it where gradients must flow or a tracer records."""
+        freed with them. A parameter source is also compared with a copy of its values, since a write
+        through ``.data`` (as EMA teachers update) bumps no version; the parameters behind tables are small.
+        Callers skip it where gradients must flow or a tracer records."""
         key = ('derived', settings, tuple(id(s) for s in sources))
         states = tuple((s._version, s.data_ptr(), s.device, s.dtype) for s in sources)
         with self._lock:
             known = self._sources.get(key)
             if (known is not None and known[0] == states and key in self._tables
-                    and all(ref() is s for ref, s in zip(known[1], sources))):
+                    and all(ref() is s for ref, s in zip(known[1], sources))
+                    and all(copy is None or torch.equal(copy, s) for copy, s in zip(known[2], sources))):
                 self._tables.move_to_end(key)
                 return self._tables[key]
         with torch.inference_mode(False), torch.no_grad():
             value = build()
+            copies = tuple(s.detach().clone() if isinstance(s, torch.nn.Parameter) and not s.is_meta else None
+                           for s in sources)
         refs = tuple(weakref.ref(s, lambda _, key=key: self._orphan(key)) for s in sources)
         with self._lock:
             if key in self._tables:
                 self._pop(key)
             if self._store(key, value):
-                self._sources[key] = (states, refs)
+                self._sources[key] = (states, refs, copies)
             self._drop_released()
         return value
 

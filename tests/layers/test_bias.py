@@ -130,6 +130,25 @@ def test_derived_tables_follow_their_sources_and_share_the_byte_bound():
     assert len(cache) == 2 and cache.nbytes == 2048 and not cache._sources
 
 
+def test_derived_tables_compare_parameters_by_value_on_the_cpu_and_rebuild_them_elsewhere():
+    """A ``.data`` write bumps no version counter: a parameter's values are compared too. Off the CPU that
+    would wait for the device, so a table derived from a parameter there is built each call (meta here)."""
+    cache, built = TableCache(), []
+    for device in ('cpu', 'meta'):
+        param = torch.nn.Parameter(torch.ones(8, device=device))
+
+        def doubled():
+            built.append(device)
+            return param.detach() * 2
+        cache.derived((param,), 'double', doubled)
+        cache.derived((param,), 'double', doubled)
+        param.data.mul_(3)
+        third = cache.derived((param,), 'double', doubled)
+        if device == 'cpu':
+            assert built == ['cpu', 'cpu'] and torch.equal(third, torch.full((8,), 6.))
+    assert built == ['cpu', 'cpu'] + ['meta'] * 3
+
+
 def test_grid_cache_limit_from_the_environment(monkeypatch):
     monkeypatch.setenv('TIMM_PE_TABLE_CACHE_MB', '1.5')
     assert TableCache().max_bytes == int(1.5 * 2 ** 20)

@@ -96,7 +96,11 @@ class TableCache:
         table: kept until one of ``sources`` is replaced, updated in place (its version), moved or cast, and
         freed with them. A parameter source is also compared with a copy of its values, since a write
         through ``.data`` (as EMA teachers update) bumps no version; the parameters behind tables are small.
-        Callers skip it where gradients must flow or a tracer records."""
+        Off the CPU that comparison would wait for the device on every call, so there tables derived from
+        parameters are built afresh each call. Callers skip it where gradients must flow or a tracer records."""
+        if any(isinstance(s, torch.nn.Parameter) and s.device.type != 'cpu' for s in sources):
+            with torch.no_grad():
+                return build()
         key = ('derived', settings, tuple(id(s) for s in sources))
         states = tuple((s._version, s.data_ptr(), s.device, s.dtype) for s in sources)
         with self._lock:
@@ -108,8 +112,7 @@ class TableCache:
                 return self._tables[key]
         with torch.inference_mode(False), torch.no_grad():
             value = build()
-            copies = tuple(s.detach().clone() if isinstance(s, torch.nn.Parameter) and not s.is_meta else None
-                           for s in sources)
+            copies = tuple(s.detach().clone() if isinstance(s, torch.nn.Parameter) else None for s in sources)
         refs = tuple(weakref.ref(s, lambda _, key=key: self._orphan(key)) for s in sources)
         with self._lock:
             if key in self._tables:

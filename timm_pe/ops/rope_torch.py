@@ -35,10 +35,16 @@ def wide_tables(cos: torch.Tensor, sin: torch.Tensor, heads: int) -> Tuple[torch
     unchanged: a model's RoPE-Axial tables, and RoPE-Mixed's inference tables, are widened once, and a
     backward reuses its forward's.
     """
+    return _kept_with_tables(cos, sin, ('rope_wide', heads), lambda: _build_wide_tables(cos, sin, heads))
+
+
+def _kept_with_tables(cos: torch.Tensor, sin: torch.Tensor, settings, build):
+    """``build()``, cached until the tables change; built for the call where they cannot be tracked (a JIT
+    trace, inference tensors, which keep no version)."""
     if torch.jit.is_tracing() or cos.is_inference() or sin.is_inference():
         with torch.no_grad():
-            return _build_wide_tables(cos, sin, heads)
-    return derived_table((cos, sin), ('rope_wide', heads), lambda: _build_wide_tables(cos, sin, heads))
+            return build()
+    return derived_table((cos, sin), settings, build)
 
 
 def _rotate_into(x: torch.Tensor, y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool,
@@ -215,12 +221,8 @@ def pair_order(heads: int, head_dim: int, rot_dim: int) -> torch.Tensor:
 def complex_tables(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """cos + i sin of the (T, rows, half) tables as (rows, 1, T, half) complex64, to broadcast over (B, rows,
     q and k, heads, half); cached while the tables last unchanged, like ``wide_tables``."""
-    def build():
-        return torch.complex(cos, sin).transpose(0, 1).unsqueeze(1).contiguous()
-    if torch.jit.is_tracing() or cos.is_inference() or sin.is_inference():
-        with torch.no_grad():
-            return build()
-    return derived_table((cos, sin), 'rope_complex', build)
+    return _kept_with_tables(cos, sin, 'rope_complex',
+                             lambda: torch.complex(cos, sin).transpose(0, 1).unsqueeze(1).contiguous())
 
 
 def rope_qkv_projected(

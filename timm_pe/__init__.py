@@ -6,3 +6,4 @@ from . import models
 from .ops import apply_rope
 
 __version__ = '0.1.0'
+__all__ = ['apply_rope', 'models']

@@ -2,9 +2,12 @@
 README's overhead table against the committed CSVs."""
 import csv
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
 import timm
 import torch
 
@@ -29,15 +32,40 @@ def test_attention_time_is_one_part_of_each_forward():
 def test_overhead_rows_ratios_and_attention_excess(tmp_path):
     out = tmp_path / 'overhead.csv'
     main(['--models', 'vit_tiny_ape', 'vit_tiny_rope_axial', '--model-kwargs', 'depth=1', '--sizes', '32',
-          '--reps', '2', '--warmup', '1', '--batch-size', '2', '--csv', str(out)])
+          '--reps', '2', '--warmup', '1', '--batch-size', '2', '--allocator', 'system', '--csv', str(out)])
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert [(r['phase'], r['model']) for r in rows] == [
         (phase, model) for phase in ('infer', 'train') for model in ('vit_tiny_ape', 'vit_tiny_rope_axial')]
     for r in rows:
         assert float(r['attention_ms']) > 0 and int(r['reps']) == 2
+        assert r['allocator'] == 'system' and int(r['minor_faults']) >= 0
         if r['model'] == 'vit_tiny_ape':
             assert float(r['vs_baseline']) == 1 and float(r['attention_excess']) == 0
+
+
+_FAULTS_OF_A_REUSED_BLOCK = """
+import sys, torch
+from benchmarks.overhead import keep_freed_memory, minor_faults
+if sys.argv[1] == 'steady':
+    assert keep_freed_memory()
+counts = []
+for _ in range(5):
+    before = minor_faults()
+    torch.ones(1 << 24)  # 64 MiB, freed at once
+    counts.append(minor_faults() - before)
+print(counts[-1])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason="mallopt is glibc's")
+def test_steady_allocator_takes_no_page_faults_for_memory_it_reuses():
+    """Run in a child: the setting lasts for the process. A 64 MiB block is mapped afresh on every allocation by
+    default (16,384 pages to fault in); with freed memory kept, later allocations reuse its pages."""
+    faults = {mode: int(subprocess.run([sys.executable, '-c', _FAULTS_OF_A_REUSED_BLOCK, mode], cwd=ROOT, check=True,
+                                       capture_output=True, text=True).stdout)
+              for mode in ('system', 'steady')}
+    assert faults['system'] > 10_000 and faults['steady'] < 1_000, faults
 
 
 def _cells(rows, phase, column, fmt):

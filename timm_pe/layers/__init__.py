@@ -20,3 +20,11 @@ from .rope_mixed import RopeMixed, init_mixed_frequencies
 from .rotary import ROPE_SCALINGS, rope_rot_dim
 from .rpb import RelativePositionBias, relative_position_index, resize_rpb_table, table_grid
 from .sincos import sincos_2d_embed
+
+__all__ = [
+    'ALIBI_SLOPES', 'ATTENTION_ENCODINGS', 'Alibi2d', 'Alibi2dSquared', 'ENCODINGS', 'Encoding', 'LookHere',
+    'OPTION_NAMES', 'PositionalAttention', 'ROPE_SCALINGS', 'RelativePositionBias', 'RopeAxial', 'RopeDinoV3',
+    'RopeMixed', 'TABLE_CACHE', 'TableCache', 'alibi_slopes', 'create_encoding', 'get_encoding', 'grid_coords',
+    'grid_table', 'grid_table_builder', 'init_mixed_frequencies', 'relative_position_index', 'resize_rpb_table',
+    'resolve_options', 'rope_rot_dim', 'sincos_2d_embed', 'table_grid', 'takes_rope_scaling',
+]

@@ -8,8 +8,10 @@ ratio to the baseline taken two ways, the ratio of medians and the median of the
 paired one is the steadier on a noisy machine). Also the time spent in the attention modules' forward (all
 layers, per step; hooks on the attention modules only, none on their projections, so inference still folds
 the rotation into the projection), and its excess over the baseline's as a fraction of the baseline's step:
-where an encoding's cost lies, steadier than the ratios since it holds one part of the step. Nothing here
-asserts on time.
+where an encoding's cost lies, steadier than the ratios since it holds one part of the step. And, from
+``torch.profiler`` over a few more steps of each model, every ATen op's own CPU time per step (median),
+written beside the CSV as ``<name>_ops.csv``: where RoPE's time goes, op by op (in CPU inference, the complex
+multiply ``aten::mul_`` and the weight gather ``aten::index_select``). Nothing here asserts on time.
 
 The clock is the process's CPU time by default (``--clock cpu``): with one intra-op thread it is the
 compute thread's own time, which a shared, oversubscribed machine inflates far less than wall time
@@ -36,6 +38,7 @@ from typing import Callable, Dict, List
 import timm
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 import timm_pe  # noqa: F401  registers the models
 from timm_pe.layers.attention import PositionalAttention
@@ -115,6 +118,22 @@ def model_steps(model: nn.Module, images: torch.Tensor, train: bool,
     return step
 
 
+def op_times(fns: Dict[str, Callable[[], object]], steps: int) -> Dict[str, Dict[str, float]]:
+    """Per function, each ATen op's own CPU seconds per call, the median over ``steps`` profiled calls (one call
+    of each function per round, in a seeded shuffled order, as ``interleaved_times``)."""
+    per_call = {name: [] for name in fns}
+    order, shuffle = list(fns), random.Random(1).shuffle
+    for _ in range(steps):
+        shuffle(order)
+        for name in order:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fns[name]()
+            per_call[name].append({e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()
+                                   if e.key.startswith('aten::')})
+    return {name: {op: statistics.median(call.get(op, 0.) for call in calls)
+                   for op in set().union(*calls)} for name, calls in per_call.items()}
+
+
 def ratio_rows(times: Dict[str, List[float]], baseline: str, batch: int, **fields) -> List[Dict[str, object]]:
     """Per model: median ms, throughput ratio to ``baseline`` (of medians, and median of per-round ratios)."""
     base = times[baseline]
@@ -157,6 +176,7 @@ def main(argv=None):
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--reps', type=int, default=15, help='timed rounds per phase and size')
     parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--op-steps', type=int, default=5, help='profiled steps per model for the ops CSV (0: none)')
     parser.add_argument('--threads', type=int, default=1,
                         help='intra-op threads (one: on a shared machine a second thread times the scheduler)')
     parser.add_argument('--clock', default='cpu', choices=['cpu', 'wall'],
@@ -176,7 +196,7 @@ def main(argv=None):
         print("malloc has no mallopt here: the allocator is left as it is (--allocator system)")
         args.allocator = 'system'
 
-    rows = []
+    rows, op_rows = [], []
     print(f'{torch.get_num_threads()} thread(s), batch {args.batch_size}, {args.reps} rounds, {args.clock} clock, '
           f'{args.allocator} allocator, load average {os.getloadavg()[0]:.1f}')
     print(f'{"phase":6} {"px":>4} {"model":24} {"median ms":>10} {"img/s":>8} {"vs base":>8} {"paired":>8}'
@@ -204,8 +224,16 @@ def main(argv=None):
                 print(f'{phase:6} {size:>4} {row["model"]:24} {row["median_ms"]:>10.1f} {row["samples_per_sec"]:>8.2f}'
                       f' {row["vs_baseline"]:>8.3f} {row["vs_baseline_paired"]:>8.3f} {row["attention_ms"]:>8.1f}'
                       f' {row["attention_excess"]:>7.3f} {row["minor_faults"]:>7}', flush=True)
+            if args.op_steps:
+                for name, ops in op_times(fns, args.op_steps).items():
+                    op_rows += [dict(phase=phase, img_size=size, model=name, op=op, self_ms=round(1e3 * sec, 3))
+                                for op, sec in sorted(ops.items(), key=lambda item: -item[1])]
     write_csv(rows, args.csv, list(rows[0]))
     print(f'wrote {args.csv}')
+    if op_rows:
+        ops_csv = args.csv.with_name(f'{args.csv.stem}_ops.csv')
+        write_csv(op_rows, ops_csv, list(op_rows[0]))
+        print(f'wrote {ops_csv}')
 
 
 if __name__ == '__main__':

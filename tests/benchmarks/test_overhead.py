@@ -32,7 +32,7 @@ def test_attention_time_is_one_part_of_each_forward():
 def test_overhead_rows_ratios_and_attention_excess(tmp_path):
     out = tmp_path / 'overhead.csv'
     main(['--models', 'vit_tiny_ape', 'vit_tiny_rope_axial', '--model-kwargs', 'depth=1', '--sizes', '32',
-          '--reps', '2', '--warmup', '1', '--batch-size', '2', '--allocator', 'system', '--csv', str(out)])
+          '--reps', '2', '--warmup', '1', '--batch-size', '2', '--allocator', 'system', '--op-steps', '1', '--csv', str(out)])
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert [(r['phase'], r['model']) for r in rows] == [
@@ -42,6 +42,13 @@ def test_overhead_rows_ratios_and_attention_excess(tmp_path):
         assert r['allocator'] == 'system' and int(r['minor_faults']) >= 0
         if r['model'] == 'vit_tiny_ape':
             assert float(r['vs_baseline']) == 1 and float(r['attention_excess']) == 0
+    with open(tmp_path / 'overhead_ops.csv') as f:
+        ops = list(csv.DictReader(f))
+    for phase in ('infer', 'train'):
+        by_model = {m: {r['op'] for r in ops if r['phase'] == phase and r['model'] == m}
+                    for m in ('vit_tiny_ape', 'vit_tiny_rope_axial')}
+        assert all('aten::addmm' in names for names in by_model.values())
+        assert by_model['vit_tiny_rope_axial'] - by_model['vit_tiny_ape']  # the rotation's own ops
 
 
 _FAULTS_OF_A_REUSED_BLOCK = """

@@ -32,7 +32,8 @@ def test_attention_time_is_one_part_of_each_forward():
 def test_overhead_rows_ratios_and_attention_excess(tmp_path):
     out = tmp_path / 'overhead.csv'
     main(['--models', 'vit_tiny_ape', 'vit_tiny_rope_axial', '--model-kwargs', 'depth=1', '--sizes', '32',
-          '--reps', '2', '--warmup', '1', '--batch-size', '2', '--allocator', 'system', '--op-steps', '1', '--csv', str(out)])
+          '--reps', '2', '--warmup', '1', '--batch-size', '2', '--allocator', 'system', '--op-steps', '1',
+          '--csv', str(out)])
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert [(r['phase'], r['model']) for r in rows] == [

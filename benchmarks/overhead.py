@@ -119,17 +119,18 @@ def model_steps(model: nn.Module, images: torch.Tensor, train: bool,
 
 
 def op_times(fns: Dict[str, Callable[[], object]], steps: int) -> Dict[str, Dict[str, float]]:
-    """Per function, each ATen op's own CPU seconds per call, the median over ``steps`` profiled calls (one call
-    of each function per round, in a seeded shuffled order, as ``interleaved_times``)."""
+    """Per function, each ATen op's own CPU seconds per call, the median over ``steps`` profiled calls made
+    round-robin as ``interleaved_times`` makes them."""
     per_call = {name: [] for name in fns}
-    order, shuffle = list(fns), random.Random(1).shuffle
-    for _ in range(steps):
-        shuffle(order)
-        for name in order:
+
+    def profiled(name: str) -> Callable[[], None]:
+        def run():
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 fns[name]()
             per_call[name].append({e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()
                                    if e.key.startswith('aten::')})
+        return run
+    interleaved_times({name: profiled(name) for name in fns}, steps, warmup=0)
     return {name: {op: statistics.median(call.get(op, 0.) for call in calls)
                    for op in set().union(*calls)} for name, calls in per_call.items()}
 

@@ -62,8 +62,9 @@ import timm_pe  # noqa: E402,F401
 from timm_pe.ops import apply_rope  # noqa: E402
 from timm_pe.tools.bench import cuda_peak_memory_mb  # noqa: E402
 from timm_pe.tools.common import pyplot, write_csv  # noqa: E402
+from timm_pe.tools.timing import interleaved_times, model_steps  # noqa: E402
 
-from benchmarks.overhead import interleaved_times, model_steps, ratio_rows  # noqa: E402
+from benchmarks.overhead import ratio_rows  # noqa: E402
 from benchmarks.rope import PREFIX, plain_rope, timm_eva_rope  # noqa: E402
 from tests.reference import rope_qkv_reference  # noqa: E402
 

@@ -26,10 +26,7 @@ records the median page faults per step (``minor_faults``), so a run shows wheth
 """
 import argparse
 import ast
-import ctypes
 import os
-import random
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -43,79 +40,9 @@ from torch.profiler import ProfilerActivity, profile
 import timm_pe  # noqa: F401  registers the models
 from timm_pe.layers.attention import PositionalAttention
 from timm_pe.tools.common import write_csv
+from timm_pe.tools.timing import counting_faults, interleaved_times, keep_freed_memory, model_steps
 
 DEFAULT_MODELS = ['vit_small_ape', 'vit_small_rope_axial', 'vit_small_rope_mixed']
-
-
-def interleaved_times(fns: Dict[str, Callable[[], object]], reps: int, warmup: int = 1,
-                      sync: Callable[[], None] = lambda: None,
-                      clock: Callable[[], float] = time.perf_counter) -> Dict[str, List[float]]:
-    """Seconds per call of each function over ``reps`` rounds, one call of each per round, each round in its
-    own (seeded) order, so that no function always runs after the same other one."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {name: [] for name in fns}
-    order, shuffle = list(fns), random.Random(0).shuffle
-    for _ in range(reps):
-        shuffle(order)
-        for name in order:
-            fn = fns[name]
-            sync()
-            start = clock()
-            fn()
-            sync()
-            times[name].append(clock() - start)
-    return times
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep every freed block in the process: no heap trimming, no separate mappings for
-    large blocks. False where the C library has no ``mallopt`` (or refuses), and nothing changes."""
-    m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2 ** 31 - 1))
-
-
-def minor_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def counting_faults(fn: Callable[[], object], counts: List[int]) -> Callable[[], None]:
-    """``fn`` that appends to ``counts`` the page faults each call took."""
-    def run():
-        before = minor_faults()
-        fn()
-        counts.append(minor_faults() - before)
-    return run
-
-
-def model_steps(model: nn.Module, images: torch.Tensor, train: bool,
-                autocast: Callable[[], object]) -> Callable[[], None]:
-    """One inference forward, or one SGD training step (cross-entropy on random labels), as a closure."""
-    if not train:
-        model.eval()
-
-        @torch.no_grad()
-        def infer():
-            with autocast():
-                model(images)
-        return infer
-
-    model.train()
-    targets = torch.randint(0, model.num_classes, (images.shape[0],), device=images.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-5)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            loss = nn.functional.cross_entropy(model(images).float(), targets)
-        loss.backward()
-        optimizer.step()
-    return step
 
 
 def op_times(fns: Dict[str, Callable[[], object]], steps: int) -> Dict[str, Dict[str, float]]:

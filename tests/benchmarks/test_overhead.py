@@ -54,7 +54,7 @@ def test_overhead_rows_ratios_and_attention_excess(tmp_path):
 
 _FAULTS_OF_A_REUSED_BLOCK = """
 import sys, torch
-from benchmarks.overhead import keep_freed_memory, minor_faults
+from timm_pe.tools.timing import keep_freed_memory, minor_faults
 if sys.argv[1] == 'steady':
     assert keep_freed_memory()
 counts = []

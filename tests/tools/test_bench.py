@@ -7,7 +7,7 @@ import torch
 
 import timm
 import timm_pe  # noqa: F401
-from timm_pe.tools.bench import ape_baseline, saved_for_backward_mb
+from timm_pe.tools.bench import ape_baseline, bench_size, saved_for_backward_mb
 from timm_pe.tools.cli import main
 
 
@@ -46,6 +46,24 @@ def test_bench_cli_rows_and_ratio(tmp_path):
     if importlib.util.find_spec('matplotlib'):
         assert (out / 'bench_infer.png').stat().st_size > 1000
         assert (out / 'bench_train.png').stat().st_size > 1000
+
+
+def test_models_of_one_size_are_timed_round_robin():
+    """Every round runs one step of each model, so a load change on a shared machine hits all of them alike."""
+    kwargs = dict(depth=1, embed_dim=32, num_heads=2, img_size=32)
+    models = {name: timm.create_model(name, **kwargs) for name in ('vit_tiny_ape', 'vit_tiny_rope_axial')}
+    calls = []
+    for name, model in models.items():
+        model.register_forward_hook(lambda module, args, out, name=name: calls.append((name, module.training)))
+    rows = bench_size(models, 32, 2, torch.device('cpu'), warmup=1, iters=4, train=True)
+    for training in (False, True):
+        order = [name for name, mode in calls if mode == training]
+        rounds = [set(order[i:i + 2]) for i in range(0, len(order), 2)]
+        assert len(rounds) == 5 + training and all(r == set(models) for r in rounds), order  # + saved_mb's forward
+    images = torch.randn(2, 3, 32, 32)
+    for name, row in rows.items():
+        assert row['infer_step_time'] > 0 and row['train_step_time'] > 0
+        assert row['train_saved_mb'] == round(saved_for_backward_mb(models[name], lambda: models[name](images)), 1)
 
 
 def test_saved_for_backward_counts_activations_not_parameters():

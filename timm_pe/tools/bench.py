@@ -6,9 +6,11 @@ The CSV follows timm's ``benchmark.py`` (``infer_samples_per_sec``, ``infer_step
 ``infer_batch_size``, ``infer_img_size``, ``param_count`` in millions, and ``train_*`` alike), plus
 ``*_tokens``, memory, the ``baseline`` model and ``*_samples_per_sec_vs_<encoding>``, the ratio named after
 the baseline's encoding (``_vs_ape``, ``_vs_rpb``; ``_vs_baseline`` where models have different ones).
-Step time is the median over the timed steps, which a busy shared CPU disturbs less than the mean. Each
-model is built at each size (``img_size``), the way it would be deployed there, so APE and RPB are
-resampled once, not per step.
+Each model is built at each size (``img_size``), the way it would be deployed there, so APE and RPB are
+resampled once, not per step. The models of one size are built together and timed round-robin, one step
+of each per round in a shuffled order, so a load change on a busy machine hits them all alike; step time
+is the median over the rounds. glibc's malloc is told to keep freed memory (``--allocator``): otherwise a
+step pays page faults for memory the model before it freed.
 
 Memory: ``*_peak_mem_mb`` is the CUDA allocator's peak over one step (CUDA only: CPU has no allocator
 statistics, and sampling resident memory missed short-lived blocks); ``train_saved_mb`` is what
@@ -19,7 +21,6 @@ import argparse
 import contextlib
 import re
 import statistics
-import time
 from pathlib import Path
 from typing import Callable, ContextManager, Dict, Iterable, List, Optional
 
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .timing import interleaved_times, keep_freed_memory, model_steps
 from .common import (add_model_arguments, add_runtime_arguments, autocast, default_kwargs, input_dtype, model_names,
                      param_count_millions, parse_sizes, prepare_model, pyplot, save_figure, write_csv)
 
@@ -53,24 +55,6 @@ def baseline_label(baselines: Iterable[Optional[str]]) -> str:
         match = SIZE_PATTERN.match(name)
         labels.add(name[match.end():] if match else None)
     return labels.pop() if len(labels) == 1 and None not in labels else 'baseline'
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def median_step_ms(step: Callable[[], None], warmup: int, iters: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def cuda_peak_memory_mb(step: Callable[[], None], device: torch.device) -> Optional[float]:
@@ -108,44 +92,32 @@ def num_tokens(model: nn.Module) -> Optional[int]:
     return patch_embed.num_patches + getattr(model, 'num_prefix_tokens', 0)
 
 
-def bench_one(model: nn.Module, img_size: int, batch_size: int, device: torch.device, warmup: int, iters: int,
-              train: bool, dtype: torch.dtype = torch.float32,
-              autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> Dict[str, object]:
-    """timm benchmark.py-style columns for one model at one size: inference, then the training step."""
+def bench_size(models: Dict[str, nn.Module], img_size: int, batch_size: int, device: torch.device, warmup: int,
+               iters: int, train: bool, dtype: torch.dtype = torch.float32,
+               autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> Dict[str, Dict[str, object]]:
+    """timm benchmark.py-style columns per model at one size: inference, then the training step, each phase
+    timed round-robin over the models (``interleaved_times``)."""
     images = torch.randn(batch_size, 3, img_size, img_size, device=device, dtype=dtype)
-    row = dict(infer_img_size=img_size, infer_batch_size=batch_size, infer_tokens=num_tokens(model))
-    model.eval()
-
-    @torch.no_grad()
-    def infer_step():
-        with autocast():
-            model(images)
-
-    step_ms = median_step_ms(infer_step, warmup, iters, device)
-    row.update(infer_samples_per_sec=round(1e3 * batch_size / step_ms, 2), infer_step_time=round(step_ms, 3),
-               infer_peak_mem_mb=_round(cuda_peak_memory_mb(infer_step, device)))
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' else (lambda: None)
+    rows = {name: dict(infer_img_size=img_size, infer_batch_size=batch_size, infer_tokens=num_tokens(model))
+            for name, model in models.items()}
+    for phase in ('infer', 'train') if train else ('infer',):
+        steps = {name: model_steps(model, images, phase == 'train', autocast) for name, model in models.items()}
+        times = interleaved_times(steps, iters, warmup, sync)
+        for name, row in rows.items():
+            step_ms = 1e3 * statistics.median(times[name])
+            row.update({f'{phase}_img_size': img_size, f'{phase}_batch_size': batch_size,
+                        f'{phase}_tokens': row['infer_tokens'],
+                        f'{phase}_samples_per_sec': round(1e3 * batch_size / step_ms, 2),
+                        f'{phase}_step_time': round(step_ms, 3),
+                        f'{phase}_peak_mem_mb': _round(cuda_peak_memory_mb(steps[name], device))})
     if train:
-        model.train()
-        targets = torch.randint(0, model.num_classes, (batch_size,), device=device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-5)
-        loss_fn = nn.CrossEntropyLoss()
-
-        def loss():
-            with autocast():
-                return loss_fn(model(images).float(), targets)
-
-        def train_step():
-            optimizer.zero_grad(set_to_none=True)
-            loss().backward()
-            optimizer.step()
-
-        saved_mb = saved_for_backward_mb(model, loss)
-
-        step_ms = median_step_ms(train_step, warmup, iters, device)
-        row.update(train_img_size=img_size, train_batch_size=batch_size, train_tokens=row['infer_tokens'],
-                   train_samples_per_sec=round(1e3 * batch_size / step_ms, 2), train_step_time=round(step_ms, 3),
-                   train_peak_mem_mb=_round(cuda_peak_memory_mb(train_step, device)), train_saved_mb=_round(saved_mb))
-    return row
+        for name, model in models.items():
+            def forward():
+                with autocast():
+                    return model(images)
+            rows[name]['train_saved_mb'] = _round(saved_for_backward_mb(model, forward))
+    return rows
 
 
 def _round(value: Optional[float]) -> Optional[float]:
@@ -202,7 +174,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('-b', '--batch-size', type=int, default=8)
     parser.add_argument('--train', action='store_true', help='also time a training step (SGD, cross-entropy)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps before timing')
-    parser.add_argument('--iters', type=int, default=5, help='timed steps (median reported)')
+    parser.add_argument('--iters', type=int, default=5, help='timed rounds, one step of each model per round '
+                                                             '(median reported)')
+    parser.add_argument('--allocator', default='steady', choices=['steady', 'system'],
+                        help="steady: glibc's malloc keeps freed memory, so no step pays page faults for memory "
+                             "another model freed; system: as it is")
     parser.add_argument('--baseline', help='the model every ratio is taken to (default: the APE model of the same '
                                            'family and size, e.g. vit_small_ape for vit_small_rope_mixed)')
     add_runtime_arguments(parser)
@@ -219,17 +195,19 @@ def run_bench(args: argparse.Namespace) -> int:
     names = model_names(args)
     baselines = {name: args.baseline or ape_baseline(name) for name in names}
     models = list(dict.fromkeys([b for b in baselines.values() if b] + names))
+    if args.allocator == 'steady' and not keep_freed_memory():
+        print("malloc has no mallopt here: the allocator is left as it is (--allocator system)")
     rows = []
-    bar = tqdm([(m, s) for s in args.sizes for m in models], desc='bench', dynamic_ncols=True)
-    for name, size in bar:
-        bar.set_postfix_str(f'{name} @{size}px')
-        kwargs = default_kwargs(name, DEFAULT_KWARGS) if args.model_kwargs is None else args.model_kwargs
-        model = timm.create_model(name, img_size=size, **kwargs)
-        params = param_count_millions(model)
-        row = bench_one(prepare_model(model, args), size, args.batch_size, device, args.warmup, args.iters,
-                        args.train, input_dtype(args), lambda: autocast(args))
-        rows.append(dict(model=name, **row, param_count=params))
-        del model
+    for size in tqdm(args.sizes, desc='bench (sizes)', dynamic_ncols=True):
+        built = {name: timm.create_model(name, img_size=size, **(
+            default_kwargs(name, DEFAULT_KWARGS) if args.model_kwargs is None else args.model_kwargs))
+            for name in models}
+        params = {name: param_count_millions(model) for name, model in built.items()}
+        timed = bench_size({name: prepare_model(model, args) for name, model in built.items()}, size,
+                           args.batch_size, device, args.warmup, args.iters, args.train, input_dtype(args),
+                           lambda: autocast(args))
+        rows += [dict(model=name, **row, param_count=params[name]) for name, row in timed.items()]
+        del built
     baselines.update({b: b for b in baselines.values() if b})
     label = baseline_label(baselines.values())
     add_ratios(rows, baselines, label)

@@ -4,7 +4,7 @@ whole models.
 
 On the device machine, from the source tree (no install; torch, triton and matplotlib of its image, and
 the timm that CI tests, carried as a wheel), as one device ``run`` with ``carry`` ``[".whl"]`` and
-``timeout_s`` 540 (eight files come back: the seven below and the log). Here, once:
+``timeout_s`` 540 (eight files come back, nine with ``errors.txt``: the seven below and the log). Here, once:
 ``pip download --no-deps --only-binary=:all: -d .whl timm==1.0.31`` (``.whl/`` is git-ignored); there::
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit; set -o pipefail;
@@ -20,8 +20,9 @@ Writes under ``--out``: ``correctness.csv`` (every case's max error, in ulps for
 the poisoned outputs were fully overwritten), ``kernel_speed.csv`` / ``.png`` (median ms, effective GB/s,
 fraction of a device copy of the same bytes, speedup over timm and over torch.compile), ``thesis.csv`` /
 ``.png`` (throughput, step time, ratio to APE, peak memory and the SDPA backend each model ran),
-``autotune.csv`` (the config Triton picked per key) and ``env.json``. Exit status 1 if any correctness
-case fails.
+``autotune.csv`` (the config Triton picked per key) and ``env.json``. A case, timing or model group that
+raises is recorded (its row says so, the traceback goes to ``errors.txt``) and the run goes on, so one
+failure costs its own figure only. Exit status 1 if any correctness case fails or anything raised.
 """
 import argparse
 import contextlib
@@ -30,8 +31,9 @@ import os
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Optional, TypeVar
 
 MIN_TIMM = (1, 0, 31)
 
@@ -73,6 +75,19 @@ SPEED_MODELS = {'vit_s': (6, 64), 'vit_b': (12, 64), 'vit_l': (16, 64)}  # heads
 ENCODINGS = ('ape', 'rope_axial', 'rope_mixed', 'alibi2d', 'rpb')
 SDPA_OPS = {'flash': '_flash_attention', 'efficient': '_efficient_attention', 'cudnn': '_cudnn_attention',
             'math': '_attention_math'}
+ERRORS: List[str] = []  # every failure ``attempt`` caught this run, with its traceback
+T = TypeVar('T')
+
+
+def attempt(what: str, fn: Callable[[], T], on_error: Callable[[str], T] = lambda message: None) -> T:
+    """``fn()``; where it raises, the traceback printed and kept in ``ERRORS`` and ``on_error(message)`` returned:
+    on a one-shot device session a failure costs its own figure, not every figure after it."""
+    try:
+        return fn()
+    except Exception as exc:
+        ERRORS.append(f'{what}\n{traceback.format_exc()}')
+        print(f'FAILED {what}:\n{traceback.format_exc()}', flush=True)
+        return on_error(f'{type(exc).__name__}: {exc}')
 
 
 # ----------------------------------------------------------------------------------------------- correctness
@@ -150,7 +165,7 @@ def run_case(case: dict, device: torch.device) -> dict:
     dref = torch.autograd.grad(ref, inputs, grads)
     low = case['dtype'] != torch.float32
     err = ulp_error if low else rel_error
-    row = {k: (str(v).split('.')[-1] if k == 'dtype' else v) for k, v in case.items()}
+    row = case_fields(case)
     row.update(fwd_err=max(err(a, b) for a, b in zip(out[:2], ref[:2])), dqkv_err=err(dout[0], dref[0]),
                dtable_err=max((rel_error(a, b) for a, b in zip(dout[1:], dref[1:])), default=0.),
                v_is_view=out[2].data_ptr() == ref[2].data_ptr(), err_unit='ulp' if low else 'rel')
@@ -160,6 +175,10 @@ def run_case(case: dict, device: torch.device) -> dict:
     row['ok'] = bool(row['fwd_err'] <= limit and row['dqkv_err'] <= limit and row['dtable_err'] <= 1e-4
                      and row['v_is_view'])
     return row
+
+
+def case_fields(case: dict) -> dict:
+    return {k: (str(v).split('.')[-1] if k == 'dtype' else v) for k, v in case.items()}
 
 
 def compiled_case(device: torch.device) -> dict:
@@ -183,8 +202,11 @@ def compiled_case(device: torch.device) -> dict:
 
 
 def check_correctness(device: torch.device, smoke: bool, out_dir: Path) -> bool:
-    rows = [run_case(case, device) for case in correctness_cases(smoke)]
-    rows.append(compiled_case(device))
+    rows = [attempt(f'correctness case {case_fields(case)}', lambda: run_case(case, device),
+                    lambda message: dict(case_fields(case), ok=False, error=message))
+            for case in correctness_cases(smoke)]
+    rows.append(attempt('correctness of the compiled graph', lambda: compiled_case(device),
+                        lambda message: dict(case='compiled_fullgraph', ok=False, error=message)))
     write_csv(rows, out_dir / 'correctness.csv', list(dict.fromkeys(k for r in rows for k in r)))
     bad = [r for r in rows if not r['ok']]
     print(f'correctness: {len(rows) - len(bad)}/{len(rows)} cases pass')
@@ -235,26 +257,32 @@ def kernel_speed(device: torch.device, smoke: bool, out_dir: Path) -> List[dict]
             'plain_compiled': lambda: plain_compiled(qkv, cos, sin),
             'triton': lambda: apply_rope(qkv, cos, sin, PREFIX, backend='triton'),
         }
-        ms = {name: bench_ms(fn, device) for name, fn in fns.items()}
         qkv_g = qkv.detach().requires_grad_()
-        ms['triton_fwd_bwd'] = bench_ms(lambda: rope_grad_step(
-            lambda *a: apply_rope(*a, PREFIX, backend='triton'), qkv_g, cos, sin), device)
-        ms['plain_compiled_fwd_bwd'] = bench_ms(lambda: rope_grad_step(
-            lambda *a: (*plain_compiled(*a)[:2], a[0][:, :, 2].transpose(1, 2)), qkv_g, cos, sin), device)
+        fns['triton_fwd_bwd'] = lambda: rope_grad_step(lambda *a: apply_rope(*a, PREFIX, backend='triton'), qkv_g,
+                                                       cos, sin)
+        fns['plain_compiled_fwd_bwd'] = lambda: rope_grad_step(
+            lambda *a: (*plain_compiled(*a)[:2], a[0][:, :, 2].transpose(1, 2)), qkv_g, cos, sin)
+        shape = f'{model} B{B} N{N} {str(dtype).split(".")[-1]}'
+        ms = {name: attempt(f'speed {shape} {name}', lambda: bench_ms(fn, device)) for name, fn in fns.items()}
         moved = 2 * dst.numel() * dst.element_size()  # bytes read plus written by a rotation of q and k
         for name, t in ms.items():
+            compiled = ms['plain_compiled_fwd_bwd' if 'bwd' in name else 'plain_compiled']
             rows.append(dict(model=model, heads=H, head_dim=D, batch=B, tokens=N, dtype=str(dtype).split('.')[-1],
-                             impl=name, median_ms=round(t, 4), gb_per_s=round(moved / t / 1e6, 1),
-                             frac_of_copy=round(ms['copy'] / t, 3) if 'bwd' not in name else None,
-                             speedup_vs_timm=round(ms['timm_eva'] / t, 2) if 'bwd' not in name else None,
-                             speedup_vs_compiled=round((ms['plain_compiled_fwd_bwd'] if 'bwd' in name else
-                                                        ms['plain_compiled']) / t, 2)))
-        tri = next(r for r in rows[::-1] if r['impl'] == 'triton')
-        print(f'speed {model} B{B} N{N} {tri["dtype"]}: triton {tri["median_ms"]:.3f} ms, {tri["frac_of_copy"]:.2f} '
-              f'of copy, {tri["speedup_vs_timm"]:.2f}x timm, {tri["speedup_vs_compiled"]:.2f}x compiled', flush=True)
+                             impl=name, median_ms=t and round(t, 4), gb_per_s=ratio(moved / 1e6, t, 1),
+                             frac_of_copy=ratio(ms['copy'], t, 3) if 'bwd' not in name else None,
+                             speedup_vs_timm=ratio(ms['timm_eva'], t, 2) if 'bwd' not in name else None,
+                             speedup_vs_compiled=ratio(compiled, t, 2)))
+        tri = rows[-len(ms):][list(ms).index('triton')]
+        print(f'speed {shape}: triton {tri["median_ms"]} ms, {tri["frac_of_copy"]} of copy, {tri["speedup_vs_timm"]}x '
+              f'timm, {tri["speedup_vs_compiled"]}x compiled', flush=True)
     write_csv(rows, out_dir / 'kernel_speed.csv', list(rows[0]))
     plot_speed(rows, out_dir / 'kernel_speed.png')
     return rows
+
+
+def ratio(a: Optional[float], b: Optional[float], digits: int) -> Optional[float]:
+    """a / b rounded, None where either is missing (a timing that failed)."""
+    return None if a is None or not b else round(a / b, digits)
 
 
 def plot_speed(rows: List[dict], path: Path) -> None:
@@ -265,7 +293,7 @@ def plot_speed(rows: List[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(8, len(shapes) * 0.7), 4.5))
     impls = ['triton', 'plain_compiled', 'timm_eva']
     for i, impl in enumerate(impls):
-        values = [next(r['frac_of_copy'] for r in rows if (r['model'], r['batch'], r['tokens'], r['dtype']) == s
+        values = [next(r['frac_of_copy'] or 0 for r in rows if (r['model'], r['batch'], r['tokens'], r['dtype']) == s
                        and r['impl'] == impl) for s in shapes]
         ax.bar([j + (i - 1) * 0.27 for j in range(len(shapes))], values, width=0.27, label=impl)
     ax.axhline(0.8, color='grey', linestyle='--', linewidth=0.8, label='target: 0.8 of copy')
@@ -317,10 +345,6 @@ def thesis_groups(smoke: bool):
 
 
 def thesis(device: torch.device, smoke: bool, out_dir: Path, budget_s: float, start: float) -> List[dict]:
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' else (lambda: None)
-    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if device.type == 'cuda' else \
-        contextlib.nullcontext
-    reps, warmup = (2, 1) if smoke else (10, 3)
     rows = []
     for group, names, size, infer_batch, train_batch, kwargs in thesis_groups(smoke):
         if time.time() - start > budget_s:
@@ -328,24 +352,38 @@ def thesis(device: torch.device, smoke: bool, out_dir: Path, budget_s: float, st
                      for p in ('infer', 'train')]
             print(f'thesis {group} {size}px: skipped (budget)')
             continue
-        models = {n: timm.create_model(n, img_size=size, **kwargs).to(device) for n in names}
-        for phase, batch in (('infer', infer_batch), ('train', train_batch)):
-            images = torch.randn(batch, 3, size, size, device=device)
-            steps = {n: model_steps(m, images, phase == 'train', amp) for n, m in models.items()}
-            times = interleaved_times(steps, reps, warmup, sync)
-            for row in ratio_rows(times, names[0], batch, group=group, img_size=size, phase=phase):
-                step = steps[row['model']]
-                row.update(sdpa_backend=sdpa_backends(step), peak_mem_mb=cuda_peak_memory_mb(step, device),
-                           tokens=getattr(models[row['model']], 'patch_embed').num_patches)
-                rows.append(row)
-                print(f'thesis {group} {size}px {phase} {row["model"]}: {row["samples_per_sec"]:.1f} img/s, '
-                      f'{row["vs_baseline_paired"]:.3f} of {names[0]}, {row["sdpa_backend"]}, '
-                      f'{row["peak_mem_mb"]} MB', flush=True)
-        del models
+        rows += attempt(f'thesis {group} {size}px', lambda: thesis_group(
+            device, smoke, group, names, size, infer_batch, train_batch, kwargs),
+            lambda message: [dict(group=group, img_size=size, model=n, phase=p, skipped=message) for n in names
+                             for p in ('infer', 'train')])
         if device.type == 'cuda':
             torch.cuda.empty_cache()
     write_csv(rows, out_dir / 'thesis.csv', list(dict.fromkeys(k for r in rows for k in r)))
     plot_thesis([r for r in rows if 'skipped' not in r], out_dir / 'thesis.png')
+    return rows
+
+
+def thesis_group(device: torch.device, smoke: bool, group: str, names: List[str], size: int, infer_batch: int,
+                 train_batch: int, kwargs: dict) -> List[dict]:
+    """One group's models (the first the baseline) timed round-robin, inference then training, bf16 autocast."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' else (lambda: None)
+    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if device.type == 'cuda' else \
+        contextlib.nullcontext
+    reps, warmup = (2, 1) if smoke else (10, 3)
+    models = {n: timm.create_model(n, img_size=size, **kwargs).to(device) for n in names}
+    rows = []
+    for phase, batch in (('infer', infer_batch), ('train', train_batch)):
+        images = torch.randn(batch, 3, size, size, device=device)
+        steps = {n: model_steps(m, images, phase == 'train', amp) for n, m in models.items()}
+        times = interleaved_times(steps, reps, warmup, sync)
+        for row in ratio_rows(times, names[0], batch, group=group, img_size=size, phase=phase):
+            step = steps[row['model']]
+            row.update(sdpa_backend=sdpa_backends(step), peak_mem_mb=cuda_peak_memory_mb(step, device),
+                       tokens=getattr(models[row['model']], 'patch_embed').num_patches)
+            rows.append(row)
+            print(f'thesis {group} {size}px {phase} {row["model"]}: {row["samples_per_sec"]:.1f} img/s, '
+                  f'{row["vs_baseline_paired"]:.3f} of {names[0]}, {row["sdpa_backend"]}, '
+                  f'{row["peak_mem_mb"]} MB', flush=True)
     return rows
 
 
@@ -394,19 +432,23 @@ def main(args) -> int:
     print(json.dumps(env))
     ok = True
     if 'correctness' in args.sections:
-        ok = check_correctness(device, args.smoke, args.out)
+        ok = attempt('correctness', lambda: check_correctness(device, args.smoke, args.out), lambda message: False)
         print(f'[{time.time() - start:.0f}s] correctness done', flush=True)
     if 'speed' in args.sections:
-        kernel_speed(device, args.smoke, args.out)
+        attempt('kernel speed', lambda: kernel_speed(device, args.smoke, args.out))
         print(f'[{time.time() - start:.0f}s] kernel speed done', flush=True)
     tuned = autotune_rows()
     if tuned:
         write_csv(tuned, args.out / 'autotune.csv', list(tuned[0]))
     if 'thesis' in args.sections:
-        thesis(device, args.smoke, args.out, args.budget_s, start)
+        attempt('thesis', lambda: thesis(device, args.smoke, args.out, args.budget_s, start))
         print(f'[{time.time() - start:.0f}s] thesis done', flush=True)
-    env.update(seconds=round(time.time() - start, 1), correctness_ok=ok)
+    env.update(seconds=round(time.time() - start, 1), correctness_ok=ok, errors=len(ERRORS))
     (args.out / 'env.json').write_text(json.dumps(env, indent=1))
+    if ERRORS:
+        (args.out / 'errors.txt').write_text('\n'.join(ERRORS))
+        print(f'{len(ERRORS)} failure(s), tracebacks in {args.out / "errors.txt"}')
+        ok = False
     return 0 if ok else 1
 
 

@@ -38,3 +38,25 @@ def test_gpu_check_smoke(tmp_path):
             assert row['sdpa_backend'] == 'flash', row
     assert read(tmp_path / 'autotune.csv')
     assert (tmp_path / 'env.json').exists()
+
+
+def test_a_group_that_raises_costs_its_own_rows_only(tmp_path, monkeypatch):
+    """A one-shot device session keeps every figure but the failed one."""
+    import time
+
+    import torch
+
+    from benchmarks import gpu
+    tiny = dict(depth=1, embed_dim=32, num_heads=2)
+    broken = ('vit_tiny', ['vit_tiny_ape', 'vit_tiny_no_such_encoding'], 32, 2, 2, tiny)
+    working = ('vit_tiny', ['vit_tiny_ape', 'vit_tiny_rope_axial'], 48, 2, 2, tiny)
+    monkeypatch.setattr(gpu, 'thesis_groups', lambda smoke: [broken, working])
+    monkeypatch.setattr(gpu, 'ERRORS', [])
+    rows = gpu.thesis(torch.device('cpu'), True, tmp_path, budget_s=1e9, start=time.time())
+    failed, measured = rows[:4], rows[4:]
+    assert all('no_such_encoding' in r['skipped'] for r in failed)
+    assert [(r['model'], r['phase']) for r in measured] == [
+        (m, p) for p in ('infer', 'train') for m in ('vit_tiny_ape', 'vit_tiny_rope_axial')]
+    assert all(r['samples_per_sec'] > 0 and 'skipped' not in r for r in measured)
+    assert len(gpu.ERRORS) == 1 and 'Traceback' in gpu.ERRORS[0]
+    assert len(read(tmp_path / 'thesis.csv')) == 8

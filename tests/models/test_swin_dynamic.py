@@ -56,6 +56,17 @@ def test_dynamic_model_equals_a_model_built_at_each_size(enc):
 
 
 @torch.no_grad()
+def test_always_partition_keeps_windows_and_shifts_where_they_span_the_grid():
+    """With ``always_partition`` a window the size of its stage grid still shifts, as timm's blocks do."""
+    model = tiny('rope_axial', dynamic_img_size=True, always_partition=True)
+    x = torch.randn(1, 3, 256, 192)
+    static = built_like(model, 'rope_axial', (256, 192), always_partition=True)
+    torch.testing.assert_close(model(x), static(x))
+    assert geometry(model) == geometry(static)
+    assert model.layers[3].blocks[1].shift_size == (4, 3)  # a 8x6 window on the 8x6 grid of the last stage
+
+
+@torch.no_grad()
 def test_fixed_window_size_stays_at_every_size_and_tiles_or_is_refused():
     model = tiny('rpb', img_size=128, window_size=4, dynamic_img_size=True)
     x = torch.randn(1, 3, 256, 128)  # stage grids 64x32 ... 8x4: a 4x4 window everywhere, no W shift at the last

@@ -70,6 +70,15 @@ def stage_windows(
     return tuple(out)
 
 
+def block_shift(block: nn.Module, window: Size) -> Size:
+    """A timm Swin block's cyclic shift for ``window`` (as ``stage_windows`` gives it) at the block's input
+    resolution, by timm's rule: half the window in blocks built to shift, none along an axis the window spans
+    whole unless ``always_partition``."""
+    if not any(block.target_shift_size):
+        return 0, 0
+    return tuple(w // 2 if block.always_partition or r > w else 0 for r, w in zip(block.input_resolution, window))
+
+
 class SwinWindowAttention(PositionalAttention):
     """PositionalAttention over the windows of timm's Swin blocks, with timm's ``WindowAttention`` interface.
 
@@ -226,7 +235,7 @@ class PositionalSwinTransformer(SwinTransformer):
             grid = (img_size[0] // (patch_size[0] * 2 ** index), img_size[1] // (patch_size[1] * 2 ** index))
             for block in stage.blocks:
                 block.input_resolution = grid
-                block.window_size, block.shift_size = block._calc_window_shift(windows[index])
+                block.window_size, block.shift_size = windows[index], block_shift(block, windows[index])
                 block.window_area = block.window_size[0] * block.window_size[1]
                 block.attn.window_size = block.window_size
         self._fitted_img_size = img_size

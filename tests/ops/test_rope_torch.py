@@ -120,6 +120,35 @@ def test_projected_rotation_gives_the_reference_scores(prefix, heads_in_table, h
         torch.testing.assert_close(got[..., 2 * half:], want[..., 2 * half:])
 
 
+@pytest.mark.parametrize('prefix', [0, 1, 5])
+@pytest.mark.parametrize('heads_in_table', [False, True])
+@pytest.mark.parametrize('head_dim,half', [(16, 8), (20, 4)])
+@pytest.mark.parametrize('dtype,grad', [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)])
+def test_pair_ordered_rotation_is_the_reference_in_pair_order(prefix, heads_in_table, head_dim, half, dtype, grad):
+    """A reparameterized projection's qkv (q, k rows in ``pair_order``): float32 inference rotates in place by a
+    complex multiply, bf16 and autograd by the expression; each gives the reference's q and k in pair order,
+    and the expression's gradient is the reference's, reordered alike."""
+    from timm_pe.ops.rope_torch import pair_order, rope_qkv_pairs
+    torch.manual_seed(0)
+    B, N, H = 2, 11 + prefix, 3
+    qkv = torch.randn(B, N, 3, H, head_dim).to(dtype).requires_grad_(grad)
+    cos, sin = torch.randn(2, H if heads_in_table else 1, N - prefix, half).unbind(0)
+    rows = pair_order(H, head_dim, 2 * half)
+    head_rows = rows[:head_dim]  # q's first head: the order of dims within every head
+    paired = qkv.detach().flatten(2)[..., rows].view(qkv.shape).requires_grad_(grad)
+    got = rope_qkv_pairs(paired if grad else paired.clone(), cos, sin, prefix, overwrite_qkv=True)
+    want = rope_qkv_reference(qkv, cos, sin, prefix)
+    for g, w in zip(got[:2], want[:2]):
+        torch.testing.assert_close(g, w[..., head_rows])
+    torch.testing.assert_close(got[2], want[2], atol=0, rtol=0)
+    if grad:
+        grads = [torch.randn_like(t) for t in got]
+        torch.autograd.backward(got, grads)
+        usual = torch.argsort(head_rows)
+        torch.autograd.backward(want, [grads[0][..., usual], grads[1][..., usual], grads[2]])
+        torch.testing.assert_close(paired.grad.flatten(2), qkv.grad.flatten(2)[..., rows])
+
+
 def test_projected_rotation_applies_to_float32_cpu_inference_with_enough_tokens():
     from timm_pe.ops.apply_rope import projected_rope_applies
 

@@ -8,9 +8,10 @@ from torch.nn import functional as F
 from ..ops import apply_rope
 from ..ops.apply_rope import projected_rope_applies
 from ..ops.rope_autograd import fx_symbolic_tracing
-from ..ops.rope_torch import rope_qkv_projected
+from ..ops.rope_torch import pair_order, rope_pairs_expression, rope_qkv_pairs, rope_qkv_projected
 
 torch.fx.wrap('apply_rope')
+torch.fx.wrap('rope_qkv_pairs')
 
 
 def merge_masks(bias: torch.Tensor, attn_mask: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
@@ -47,7 +48,8 @@ class PositionalAttention(nn.Module):
     as ``attn_mask``; q/k encodings (``kind = 'qk'``, squared 2D ALiBi) extend q, k and v with extra
     dimensions and also pass no mask. Parameter names match timm's ``Attention`` so timm checkpoints load
     unchanged, and the constructor takes timm's ``Attention`` arguments so timm's blocks build it
-    (``norm_layer`` only serves ``qk_norm`` and ``scale_norm``, which are refused).
+    (``norm_layer`` only serves ``qk_norm`` and ``scale_norm``, which are refused). ``reparameterize()``
+    readies a rotary layer for CPU inference.
     """
 
     def __init__(
@@ -78,11 +80,17 @@ class PositionalAttention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim, bias=proj_bias, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.qkv_pair_order = False
         self.set_position_encoding(pos_enc, num_prefix_tokens)
+        self.register_state_dict_post_hook(_qkv_rows_in_usual_order)
+        self.register_load_state_dict_pre_hook(_qkv_rows_in_pair_order)
 
     def set_position_encoding(self, pos_enc: Optional[nn.Module], num_prefix_tokens: int = 0) -> None:
         """Attach the encoding (its ``kind`` tells rotary from bias) and the count of prefix tokens, which are
         never rotated and get no bias."""
+        if self.qkv_pair_order:
+            raise ValueError('This attention layer is reparameterized (its qkv rows are in pair order for its '
+                             'encoding): set the position encoding before reparameterize()')
         self.pos_enc = pos_enc
         self.num_prefix_tokens = num_prefix_tokens
 
@@ -107,7 +115,10 @@ class PositionalAttention(nn.Module):
         elif hasattr(pos_enc, 'tables'):
             cos, sin = pos_enc.tables(grid, x.device)
             if torch.jit.is_scripting():
-                q, k, v = apply_rope(self._project(x), cos, sin, self.num_prefix_tokens)
+                if self.qkv_pair_order:
+                    q, k, v = rope_pairs_expression(self._project(x), cos, sin, self.num_prefix_tokens)
+                else:
+                    q, k, v = apply_rope(self._project(x), cos, sin, self.num_prefix_tokens)
             else:
                 q, k, v = self._rotary_qkv(x, cos, sin)
         else:
@@ -139,11 +150,57 @@ class PositionalAttention(nn.Module):
         lets ``apply_rope`` rotate q and k in the fresh projection output. Where a hook sees the projection
         (forward hook or pre-hook), it runs as called and its output is left as it wrote it; a projection
         that is not a plain ``nn.Linear`` (LoRA, parametrized, quantized, or with its ``forward`` replaced
-        on the instance, as accelerate's offloading does) is called too.
+        on the instance, as accelerate's offloading does) is called too. A reparameterized projection is
+        called as it is, already in pair order.
         """
         overwrite = unobserved(self.qkv)
+        if self.qkv_pair_order:
+            return rope_qkv_pairs(self._project(x), cos, sin, self.num_prefix_tokens, overwrite)
         if overwrite and type(self.qkv) is nn.Linear and 'forward' not in vars(self.qkv) and \
                 projected_rope_applies(x, self.qkv.weight, self.qkv.bias, cos, sin):
             return rope_qkv_projected(x, self.qkv.weight, self.qkv.bias, cos, sin, self.num_heads,
                                       self.num_prefix_tokens)
         return apply_rope(self._project(x), cos, sin, self.num_prefix_tokens, None, overwrite)
+
+    @torch.jit.unused
+    def reparameterize(self) -> None:
+        """For inference, as timm's ``reparameterize_model`` (``validate.py`` / ``benchmark.py --reparam``) calls
+        it: keep the qkv projection's q and k rows in ``pair_order`` for the rotary encoding, so that CPU
+        float32 inference rotates with one complex multiply without gathering the weight on every call.
+
+        ``state_dict()`` still holds, and ``load_state_dict`` still takes, the usual (rotate-half) order, so
+        checkpoints move between reparameterized and plain models unchanged. Other paths (training, other
+        dtypes, TorchScript, export) rotate the pairs by an expression; on a GPU leave it off: the Triton
+        kernel reads the usual order. Nothing changes without a rotary encoding, or where the projection is
+        not a plain ``nn.Linear`` (LoRA and the like: their own weights are in the usual order).
+        """
+        if self.qkv_pair_order or not hasattr(self.pos_enc, 'tables') or type(self.qkv) is not nn.Linear:
+            return
+        rows = self._pair_rows()
+        with torch.no_grad():
+            for param in (self.qkv.weight, self.qkv.bias):
+                if param is not None:
+                    param.copy_(param.index_select(0, rows.to(param.device)))
+        self.qkv_pair_order = True
+
+    @torch.jit.unused
+    def _pair_rows(self) -> torch.Tensor:
+        return pair_order(self.num_heads, self.head_dim, self.pos_enc.rot_dim)
+
+
+def _qkv_rows_in_usual_order(module: PositionalAttention, state_dict, prefix: str, local_metadata) -> None:
+    """state_dict post-hook: a reparameterized layer saves its qkv rows in the usual order."""
+    if module.qkv_pair_order:
+        _reorder_qkv_rows(state_dict, prefix, torch.argsort(module._pair_rows()))
+
+
+def _qkv_rows_in_pair_order(module: PositionalAttention, state_dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: a reparameterized layer takes qkv rows in the usual order."""
+    if module.qkv_pair_order:
+        _reorder_qkv_rows(state_dict, prefix, module._pair_rows())
+
+
+def _reorder_qkv_rows(state_dict, prefix: str, rows: torch.Tensor) -> None:
+    for key in (f'{prefix}qkv.weight', f'{prefix}qkv.bias'):
+        if key in state_dict:
+            state_dict[key] = state_dict[key].index_select(0, rows.to(state_dict[key].device))

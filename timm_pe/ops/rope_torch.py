@@ -247,7 +247,45 @@ def rope_qkv_projected(
     B, N, _ = x.shape
     rows = pair_order(heads, weight.shape[0] // (3 * heads), 2 * cos.shape[-1])
     qkv = F.linear(x, weight.index_select(0, rows), None if bias is None else bias.index_select(0, rows))
-    qkv = qkv.view(B, N, 3, heads, -1)
-    pairs = qkv[:, num_prefix_tokens:, :2, :, :2 * cos.shape[-1]].unflatten(-1, (-1, 2))
-    torch.view_as_complex(pairs).mul_(complex_tables(cos, sin))
-    return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), v_view(qkv)
+    return rope_qkv_pairs(qkv.view(B, N, 3, heads, -1), cos, sin, num_prefix_tokens, overwrite_qkv=True)
+
+
+def rope_qkv_pairs(
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        num_prefix_tokens: int = 0,
+        overwrite_qkv: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v of a (B, N, 3, heads, head_dim) qkv whose q and k dims are in ``pair_order`` (a reparameterized
+    projection), with q and k rotated; v is a view.
+
+    With ``overwrite_qkv`` (nothing else reads qkv), float32, eager and no gradient recorded, the rotation is
+    one complex multiply in qkv's own storage; otherwise it is an expression (any dtype or device, autograd,
+    ``torch.compile``, export).
+    """
+    if overwrite_qkv and qkv.dtype == torch.float32 and not torch.compiler.is_compiling() \
+            and not records_grad(qkv, cos, sin):
+        pairs = qkv[:, num_prefix_tokens:, :2, :, :2 * cos.shape[-1]].unflatten(-1, (-1, 2))
+        torch.view_as_complex(pairs).mul_(complex_tables(cos, sin))
+        return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), v_view(qkv)
+    return rope_pairs_expression(qkv, cos, sin, num_prefix_tokens)
+
+
+def _rotate_pairs_expression(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, p: int) -> torch.Tensor:
+    half = cos.shape[-1]
+    even, odd = x[..., p:, 0:2 * half:2], x[..., p:, 1:2 * half:2]
+    rotated = torch.stack([even * cos - odd * sin, odd * cos + even * sin], -1).flatten(-2)
+    return torch.cat([x[..., :p, :], torch.cat([rotated.to(x.dtype), x[..., p:, 2 * half:]], -1)], -2)
+
+
+def rope_pairs_expression(
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        num_prefix_tokens: int = 0,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``rope_qkv_expression`` for a pair-ordered qkv: dims 2j and 2j + 1 form a pair."""
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    return (_rotate_pairs_expression(q, cos, sin, num_prefix_tokens),
+            _rotate_pairs_expression(k, cos, sin, num_prefix_tokens), v)

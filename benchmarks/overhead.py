@@ -35,6 +35,7 @@ from typing import Callable, Dict, List
 import timm
 import torch
 from torch import nn
+from timm.utils import reparameterize_model
 from torch.profiler import ProfilerActivity, profile
 
 import timm_pe  # noqa: F401  registers the models
@@ -97,6 +98,16 @@ def attention_time(model: nn.Module, clock: Callable[[], float]) -> List[float]:
     return spent
 
 
+def reparameterized(models: Dict[str, nn.Module]) -> Dict[str, nn.Module]:
+    """``NAME+reparam``: a reparameterized copy of each model that reparameterizing changes."""
+    out = {}
+    for name, model in models.items():
+        copy = reparameterize_model(model)
+        if any(not torch.equal(a, b) for a, b in zip(model.parameters(), copy.parameters())):
+            out[f'{name}+reparam'] = copy
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS, help='the first one is the baseline')
@@ -111,6 +122,9 @@ def main(argv=None):
                         help='process CPU time (default, see above) or wall time')
     parser.add_argument('--allocator', default='steady', choices=['steady', 'system'],
                         help="steady: glibc's malloc keeps freed memory (see above); system: as it is")
+    parser.add_argument('--reparam', action='store_true',
+                        help="also time every model that timm's reparameterize_model changes (the rotary ones: qkv rows "
+                             "in pair order), as NAME+reparam, in the same rounds")
     parser.add_argument('--phases', nargs='+', default=['infer', 'train'], choices=['infer', 'train'])
     parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
                         help='e.g. depth=2 for a quicker, shallower run (values read as Python literals)')
@@ -127,11 +141,13 @@ def main(argv=None):
     rows, op_rows = [], []
     print(f'{torch.get_num_threads()} thread(s), batch {args.batch_size}, {args.reps} rounds, {args.clock} clock, '
           f'{args.allocator} allocator, load average {os.getloadavg()[0]:.1f}')
-    print(f'{"phase":6} {"px":>4} {"model":24} {"median ms":>10} {"img/s":>8} {"vs base":>8} {"paired":>8}'
+    print(f'{"phase":6} {"px":>4} {"model":30} {"median ms":>10} {"img/s":>8} {"vs base":>8} {"paired":>8}'
           f' {"attn ms":>8} {"excess":>7} {"faults":>7}')
     clock = time.process_time if args.clock == 'cpu' else time.perf_counter
     for size in args.sizes:
         models = {name: timm.create_model(name, img_size=size, **kwargs) for name in args.models}
+        if args.reparam:
+            models.update(reparameterized(models))
         attention = {name: attention_time(m, clock) for name, m in models.items()}
         images = torch.randn(args.batch_size, 3, size, size)
         for phase in args.phases:
@@ -149,7 +165,7 @@ def main(argv=None):
                 row['attention_excess'] = round((attn_ms[row['model']] - attn_ms[args.models[0]]) / base_ms, 4)
                 row['minor_faults'] = round(statistics.median(faults[row['model']][-args.reps:]))
                 rows.append(row)
-                print(f'{phase:6} {size:>4} {row["model"]:24} {row["median_ms"]:>10.1f} {row["samples_per_sec"]:>8.2f}'
+                print(f'{phase:6} {size:>4} {row["model"]:30} {row["median_ms"]:>10.1f} {row["samples_per_sec"]:>8.2f}'
                       f' {row["vs_baseline"]:>8.3f} {row["vs_baseline_paired"]:>8.3f} {row["attention_ms"]:>8.1f}'
                       f' {row["attention_excess"]:>7.3f} {row["minor_faults"]:>7}', flush=True)
             if args.op_steps:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
-from timm.utils import ParseKwargs
+from timm.utils import ParseKwargs, reparameterize_model
 from torch import nn
 
 from ..layers import takes_rope_scaling
@@ -51,18 +51,25 @@ def model_names(args: argparse.Namespace) -> List[str]:
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, threads: int = 2) -> None:
-    """timm's ``--device``, ``--amp``, ``--amp-dtype``, ``--model-dtype`` and ``--torchcompile``, plus CPU threads."""
+    """timm's ``--device``, ``--amp``, ``--amp-dtype``, ``--model-dtype``, ``--reparam`` and ``--torchcompile``, plus
+    CPU threads."""
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=int, default=threads, help='torch intra-op threads')
     parser.add_argument('--amp', action='store_true', help='mixed precision autocast (dtype: --amp-dtype)')
     parser.add_argument('--amp-dtype', default='bfloat16', choices=['float16', 'bfloat16'])
     parser.add_argument('--model-dtype', choices=list(DTYPES), help='cast the model (and inputs) to this dtype')
+    parser.add_argument('--reparam', action='store_true',
+                        help="reparameterize for inference, as timm's scripts do (rotary layers: qkv rows in pair "
+                             "order, for CPU float32 inference)")
     parser.add_argument('--torchcompile', nargs='?', const='inductor', metavar='BACKEND',
                         help='torch.compile the model (backend default: inductor)')
 
 
 def prepare_model(model: nn.Module, args: argparse.Namespace) -> nn.Module:
-    """The model on ``--device`` in ``--model-dtype``, compiled where ``--torchcompile`` asks."""
+    """The model reparameterized where ``--reparam`` asks, on ``--device`` in ``--model-dtype``, compiled where
+    ``--torchcompile`` asks."""
+    if args.reparam:
+        model = reparameterize_model(model, inplace=True)
     model = model.to(device=args.device, dtype=DTYPES[args.model_dtype] if args.model_dtype else None)
     return torch.compile(model, backend=args.torchcompile) if args.torchcompile else model
 

@@ -1,4 +1,5 @@
-"""The README's model tables list exactly what is registered, described by the encoding registry."""
+"""The README's model tables list exactly what is registered, described by the encoding registry; its
+whole-model cost table is the committed benchmark CSV."""
 import re
 from pathlib import Path
 
@@ -44,3 +45,21 @@ def test_vit_table_is_the_registry():
 def test_swin_table_is_the_registry():
     expected = [swin_row(e) for e in SWIN_ENCODINGS]
     assert readme_rows('swin') == expected, 'README Swin table out of date; expected rows:\n' + '\n'.join(expected)
+
+
+def test_whole_model_cost_table_quotes_the_committed_bench_csv():
+    """Each row of the README's whole-model table is that model's row of results/bench_models/bench.csv."""
+    import csv
+
+    from benchmarks.models import PEERS
+    with open(README.parent / 'results' / 'bench_models' / 'bench.csv') as f:
+        rows = {r['model']: r for r in csv.DictReader(f)}
+    text = README.read_text()
+    block = text[text.index('<!-- bench-models-table -->'):text.index('<!-- /bench-models-table -->')]
+    lines = [line for line in block.splitlines() if line.startswith('| ') and '`' in line]
+    expected = []
+    for name, row in rows.items():
+        label = f'timm `{name}`' if name in PEERS else f'`{name}`'
+        expected.append(f"| {label} | {float(row['infer_samples_per_sec_vs_ape']):.2f} | "
+                        f"{float(row['train_samples_per_sec_vs_ape']):.2f} | {float(row['train_saved_mb']):.0f} |")
+    assert lines == expected, 'README whole-model table out of date; expected rows:\n' + '\n'.join(expected)

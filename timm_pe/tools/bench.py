@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .timing import interleaved_times, keep_freed_memory, model_steps
 from .common import (add_model_arguments, add_runtime_arguments, autocast, default_kwargs, input_dtype, model_names,
                      param_count_millions, parse_sizes, prepare_model, pyplot, save_figure, write_csv)
+from .timing import interleaved_times, keep_freed_memory, model_steps
 
 DEFAULT_MODELS = ['vit_tiny_ape', 'vit_tiny_nope', 'vit_tiny_rope_axial', 'vit_tiny_rope_mixed', 'vit_tiny_alibi2d',
                   'vit_tiny_rpb']

@@ -23,6 +23,9 @@ touched. How many a step pays depends on what the step before it left in the hea
 and at 384 px there were 165,792 per forward, with APE's step at 3.7 s against 3.1 s without them. The CSV
 records the median page faults per step (``minor_faults``), so a run shows whether that held;
 ``--allocator system`` leaves malloc as it is.
+
+``--reparam`` adds, in the same rounds, a copy of each rotary model as timm's ``reparameterize_model`` leaves it
+(qkv rows in pair order: no per-call weight gather in CPU float32 inference), named ``NAME+reparam``.
 """
 import argparse
 import ast
@@ -34,8 +37,8 @@ from typing import Callable, Dict, List
 
 import timm
 import torch
-from torch import nn
 from timm.utils import reparameterize_model
+from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 import timm_pe  # noqa: F401  registers the models

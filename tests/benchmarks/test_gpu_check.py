@@ -4,7 +4,10 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,10 +45,6 @@ def test_gpu_check_smoke(tmp_path):
 
 def test_a_group_that_raises_costs_its_own_rows_only(tmp_path, monkeypatch):
     """A one-shot device session keeps every figure but the failed one."""
-    import time
-
-    import torch
-
     from benchmarks import gpu
     tiny = dict(depth=1, embed_dim=32, num_heads=2)
     broken = ('vit_tiny', ['vit_tiny_ape', 'vit_tiny_no_such_encoding'], 32, 2, 2, tiny)

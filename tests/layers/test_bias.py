@@ -115,7 +115,7 @@ def test_derived_tables_follow_their_sources_and_share_the_byte_bound():
 
     def doubled():
         built.append(1)
-        return source * 2
+        return source * 2  # noqa: F821  (a closure cell: the `del source` below frees it, as the test needs)
     first = cache.derived((source,), 'double', doubled)
     assert cache.derived((source,), 'double', doubled) is first and len(built) == 1
     source.add_(1)  # updated in place (an optimizer step, a load): rebuilt

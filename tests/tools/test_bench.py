@@ -109,3 +109,15 @@ def test_bare_model_kwargs_builds_models_as_registered():
     assert parser.parse_args([]).model_kwargs is None
     assert parser.parse_args(['--model-kwargs']).model_kwargs == {}
     assert parser.parse_args(['--model-kwargs', 'depth=2']).model_kwargs == {'depth': 2}
+
+
+def test_reparam_flag_reparameterizes_the_model_as_timms_scripts_do():
+    import argparse
+    from timm_pe.layers import PositionalAttention
+    from timm_pe.tools.bench import add_bench_arguments
+    from timm_pe.tools.common import prepare_model
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    for flags, expected in (([], False), (['--reparam'], True)):
+        model = prepare_model(timm.create_model('vit_tiny_rope_axial', depth=1, img_size=32), parser.parse_args(flags))
+        assert {m.qkv_pair_order for m in model.modules() if isinstance(m, PositionalAttention)} == {expected}

@@ -110,24 +110,20 @@ def _rope_into(x: torch.Tensor, y: torch.Tensor, wide: Tuple[torch.Tensor, torch
 
 def _table_grads(xs, gs, cos: torch.Tensor, num_prefix_tokens: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """dcos = g1 x1 + g2 x2 and dsin = g2 x1 - g1 x2 over q and k, for token-major (B, N, heads, head_dim) x
-    and g: products over whole tokens summed per batch chunk into (rows, heads, rot) float32 sums (no
-    qkv-sized temporary), whose halves then give the tables' gradients."""
+    and g: each batch entry's products accumulated by ``addcmul_`` into two (rows, heads, rot) float32 sums,
+    which stay in cache (no product is written out and read back), whose halves then give the tables'
+    gradients."""
     p, half = num_prefix_tokens, cos.shape[-1]
     B, N, H, _ = xs[0].shape
-    chunks = _chunks(B, N - p, H * 2 * half)
-    b0, r0 = chunks[0]
-    scratch = cos.new_empty((len(range(B)[b0]), len(range(N - p)[r0]), H, 2 * half))
-    sums = [cos.new_zeros((N - p, H, 2 * half)) for _ in range(2)]
+    dc, ds = (cos.new_zeros((N - p, H, 2 * half)) for _ in range(2))
     for x, g in zip(xs, gs):
-        for b, r in chunks:
-            xb, gb = (t[:, p:, :, :2 * half][b, r].float() for t in (x, g))
-            prod = scratch[:xb.shape[0], :xb.shape[1]]
-            sums[0][r].add_(torch.mul(gb, xb, out=prod).sum(0))
-            torch.mul(gb[..., half:], xb[..., :half], out=prod[..., :half])
-            torch.mul(gb[..., :half], xb[..., half:], out=prod[..., half:])
-            sums[1][r].add_(prod.sum(0))
-    dcos = sums[0][..., :half] + sums[0][..., half:]
-    dsin = sums[1][..., :half] - sums[1][..., half:]
+        for b in range(B):
+            xb, gb = (t[b, p:, :, :2 * half].float() for t in (x, g))
+            dc.addcmul_(gb, xb)
+            ds[..., :half].addcmul_(gb[..., half:], xb[..., :half])
+            ds[..., half:].addcmul_(gb[..., :half], xb[..., half:])
+    dcos = dc[..., :half] + dc[..., half:]
+    dsin = ds[..., :half] - ds[..., half:]
     return dcos.transpose(0, 1).sum_to_size(cos.shape), dsin.transpose(0, 1).sum_to_size(cos.shape)
 
 

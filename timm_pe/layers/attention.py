@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from ..ops import apply_rope
 from ..ops.apply_rope import projected_rope_applies
 from ..ops.rope_autograd import fx_symbolic_tracing
-from ..ops.rope_torch import pair_order, rope_pairs_expression, rope_qkv_pairs, rope_qkv_projected
+from ..ops.rope_torch import pair_order, rope_qkv_expression, rope_qkv_pairs, rope_qkv_projected
 
 torch.fx.wrap('apply_rope')
 torch.fx.wrap('rope_qkv_pairs')
@@ -114,11 +114,8 @@ class PositionalAttention(nn.Module):
             q, k, v = self._project(x).permute(2, 0, 3, 1, 4).unbind(0)
         elif hasattr(pos_enc, 'tables'):
             cos, sin = pos_enc.tables(grid, x.device)
-            if torch.jit.is_scripting():
-                if self.qkv_pair_order:
-                    q, k, v = rope_pairs_expression(self._project(x), cos, sin, self.num_prefix_tokens)
-                else:
-                    q, k, v = apply_rope(self._project(x), cos, sin, self.num_prefix_tokens)
+            if torch.jit.is_scripting():  # apply_rope's own TorchScript path, in either row order
+                q, k, v = rope_qkv_expression(self._project(x), cos, sin, self.num_prefix_tokens, self.qkv_pair_order)
             else:
                 q, k, v = self._rotary_qkv(x, cos, sin)
         else:

@@ -158,10 +158,15 @@ def rope_backward_torch(grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torc
     return [dqkv, *_table_grads((qkv[:, :, 0], qkv[:, :, 1]), gs, cos, num_prefix_tokens)]
 
 
-def _rotate_expression(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, p: int) -> torch.Tensor:
+def _rotate_expression(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, p: int, pairs: bool) -> torch.Tensor:
     half = cos.shape[-1]
-    x1, x2 = x[..., p:, :half], x[..., p:, half:2 * half]
-    rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x[..., p:, 2 * half:]], -1)
+    if pairs:  # pair order: dims 2j and 2j + 1
+        x1, x2 = x[..., p:, 0:2 * half:2], x[..., p:, 1:2 * half:2]
+    else:  # rotate-half: dims j and j + half
+        x1, x2 = x[..., p:, :half], x[..., p:, half:2 * half]
+    y1, y2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+    rotated = torch.stack([y1, y2], -1).flatten(-2) if pairs else torch.cat([y1, y2], -1)
+    rotated = torch.cat([rotated, x[..., p:, 2 * half:]], -1)
     return torch.cat([x[..., :p, :], rotated.to(x.dtype)], -2)
 
 
@@ -170,12 +175,14 @@ def rope_qkv_expression(
         cos: torch.Tensor,
         sin: torch.Tensor,
         num_prefix_tokens: int = 0,
+        pairs: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The rotation as one expression per tensor, real arithmetic only: for Inductor, TorchScript and export
-    (eager, its temporaries make it the slowest form)."""
+    (eager, its temporaries make it the slowest form). ``pairs``: q and k dims in ``pair_order`` (a
+    reparameterized projection) rather than rotate-half."""
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    return (_rotate_expression(q, cos, sin, num_prefix_tokens), _rotate_expression(k, cos, sin, num_prefix_tokens),
-            v)
+    return (_rotate_expression(q, cos, sin, num_prefix_tokens, pairs),
+            _rotate_expression(k, cos, sin, num_prefix_tokens, pairs), v)
 
 
 def rope_qkv_torch(
@@ -265,23 +272,4 @@ def rope_qkv_pairs(
         pairs = qkv[:, num_prefix_tokens:, :2, :, :2 * cos.shape[-1]].unflatten(-1, (-1, 2))
         torch.view_as_complex(pairs).mul_(complex_tables(cos, sin))
         return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), v_view(qkv)
-    return rope_pairs_expression(qkv, cos, sin, num_prefix_tokens)
-
-
-def _rotate_pairs_expression(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, p: int) -> torch.Tensor:
-    half = cos.shape[-1]
-    even, odd = x[..., p:, 0:2 * half:2], x[..., p:, 1:2 * half:2]
-    rotated = torch.stack([even * cos - odd * sin, odd * cos + even * sin], -1).flatten(-2)
-    return torch.cat([x[..., :p, :], torch.cat([rotated.to(x.dtype), x[..., p:, 2 * half:]], -1)], -2)
-
-
-def rope_pairs_expression(
-        qkv: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        num_prefix_tokens: int = 0,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``rope_qkv_expression`` for a pair-ordered qkv: dims 2j and 2j + 1 form a pair."""
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    return (_rotate_pairs_expression(q, cos, sin, num_prefix_tokens),
-            _rotate_pairs_expression(k, cos, sin, num_prefix_tokens), v)
+    return rope_qkv_expression(qkv, cos, sin, num_prefix_tokens, pairs=True)

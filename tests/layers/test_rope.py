@@ -1,3 +1,4 @@
+import contextlib
 import copy
 import math
 
@@ -8,6 +9,8 @@ from timm_pe.layers.rope_axial import axial_frequencies
 from timm_pe.layers import RopeAxial, RopeMixed, init_mixed_frequencies, rope_rot_dim
 from timm_pe.ops import apply_rope
 from timm_pe.ops.rope_torch import rope_qkv_projected
+
+from tests.helpers import projection_called, unit_scale_attention
 
 CPU = torch.device('cpu')
 
@@ -143,7 +146,8 @@ def _tiny_rope_vit(name, **kwargs):
     import timm
     import timm_pe  # noqa: F401
     torch.manual_seed(0)
-    return timm.create_model(name, **{'depth': 1, 'embed_dim': 32, 'num_heads': 2, 'img_size': 64, **kwargs}).eval()
+    model = timm.create_model(name, **{'depth': 1, 'embed_dim': 32, 'num_heads': 2, 'img_size': 64, **kwargs})
+    return unit_scale_attention(model).eval()
 
 
 def _count_folds(monkeypatch):
@@ -154,23 +158,25 @@ def _count_folds(monkeypatch):
 
 
 @pytest.mark.parametrize('name', ['vit_tiny_rope_axial', 'vit_tiny_rope_mixed'])
-def test_inference_folds_the_rotation_into_the_projection_unless_it_is_observed(name, monkeypatch):
-    """Without gradients, float32 q and k on the CPU come from the pair-ordered projection copy; a hook on
-    qkv (forward or pre-hook) gets its call, and the output as the projection wrote it."""
+def test_rotation_folds_into_the_projection_unless_it_is_observed(name, monkeypatch):
+    """float32 q and k on the CPU come from the pair-ordered projection copy, with or without gradients; a
+    hook on qkv (forward or pre-hook) gets its call, and the output as the projection wrote it."""
     from timm_pe.layers import attention
     folded = _count_folds(monkeypatch)
     model = _tiny_rope_vit(name)
     qkv = model.blocks[0].attn.qkv
     x = torch.randn(2, 3, 64, 64)
-    expected = model.forward_features(x)  # autograd records: the projection is called, rotated out of place
+    with projection_called(model):
+        expected = model.forward_features(x)
     assert attention.unobserved(qkv) and not folded
+    torch.testing.assert_close(model.forward_features(x), expected)
     with torch.no_grad():
         torch.testing.assert_close(model.forward_features(x), expected)
     with torch.inference_mode():
         torch.testing.assert_close(model.forward_features(x), expected)
-    assert folded == [1, 1]
+    assert folded == [1, 1, 1]
     with torch.no_grad():  # elsewhere than the CPU the projection is called
-        assert copy.deepcopy(model).to('meta')(x.to('meta')).device.type == 'meta' and folded == [1, 1]
+        assert copy.deepcopy(model).to('meta')(x.to('meta')).device.type == 'meta' and folded == [1, 1, 1]
     for register in (qkv.register_forward_hook, qkv.register_forward_pre_hook):
         seen = []
         handle = register(lambda module, args, *out, seen=seen: seen.append([t.clone() for t in out] or args))
@@ -178,7 +184,7 @@ def test_inference_folds_the_rotation_into_the_projection_unless_it_is_observed(
         with torch.no_grad():
             torch.testing.assert_close(model.forward_features(x), expected)
         handle.remove()
-        assert len(seen) == 1 and folded == [1, 1]
+        assert len(seen) == 1 and folded == [1, 1, 1]
     seen_out = []
     handle = qkv.register_forward_hook(lambda module, args, out: seen_out.append((out, out.clone())))
     with torch.no_grad():
@@ -194,6 +200,26 @@ def test_inference_folds_the_rotation_into_the_projection_unless_it_is_observed(
             handle.remove()
 
 
+@pytest.mark.parametrize('name,kwargs', [('vit_tiny_rope_axial', {}),
+                                         ('vit_tiny_rope_mixed', {'rope_fraction': 0.5, 'reg_tokens': 2})])
+def test_training_through_the_folded_projection_gives_the_rotate_half_gradients(name, kwargs, monkeypatch):
+    """A training step folds too (the weight gathered into pair order, the rotation and its backward complex
+    multiplies): loss and every gradient, RoPE-Mixed's frequencies included, are those of rotating the
+    projection's output by ``apply_rope``."""
+    folded = _count_folds(monkeypatch)
+    model, x = _tiny_rope_vit(name, depth=2, **kwargs).train(), torch.randn(2, 3, 64, 64)
+    grads = []
+    for fold in (False, True):
+        model.zero_grad()
+        with contextlib.nullcontext() if fold else projection_called(model):
+            model(x).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert folded == [1, 1]
+    assert grads[0].keys() == grads[1].keys() and any('freqs' in n for n in grads[0]) == (name.endswith('mixed'))
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-5, rtol=1e-4, msg=n)
+
+
 def test_folded_projection_sees_every_weight_change_and_leaves_other_projections_to_their_call(monkeypatch):
     """The pair-ordered copy is made per call, so a write through ``.data`` (which bumps no version counter,
     as many EMA teachers update) is seen at once, and a model built under inference_mode folds too. A
@@ -207,8 +233,10 @@ def test_folded_projection_sees_every_weight_change_and_leaves_other_projections
         model.blocks[0].attn.qkv.weight.data.mul_(2)
         after = model.forward_features(x)
     assert folded == [1, 1] and not torch.allclose(before, after)
-    torch.testing.assert_close(after, model.forward_features(x))
-    expected = _tiny_rope_vit('vit_tiny_rope_axial').forward_features(x)
+    with projection_called(model):
+        torch.testing.assert_close(after, model.forward_features(x))
+    with projection_called(_tiny_rope_vit('vit_tiny_rope_axial')) as fresh:
+        expected = fresh.forward_features(x)
     with torch.inference_mode():
         torch.testing.assert_close(_tiny_rope_vit('vit_tiny_rope_axial').forward_features(x), expected)
     assert folded == [1, 1, 1]
@@ -239,7 +267,7 @@ def test_folded_projection_sees_every_weight_change_and_leaves_other_projections
         out = model.forward_features(x.bfloat16())
     torch.testing.assert_close(out.float(), model.forward_features(x.bfloat16()).float(), atol=0, rtol=0)
     model, one = _tiny_rope_vit('vit_tiny_rope_axial', embed_dim=64), x[:1]  # 17 tokens, under 64 / 2
-    expected = model.forward_features(one)
-    with torch.no_grad():
-        torch.testing.assert_close(model.forward_features(one), expected)
+    with projection_called(model):
+        expected = model.forward_features(one)
+    torch.testing.assert_close(model.forward_features(one), expected)
     assert calls == ['subclass', 'instance'] and folded == [1, 1, 1]

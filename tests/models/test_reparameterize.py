@@ -1,5 +1,7 @@
 """``reparameterize()`` through timm's ``reparameterize_model``: rotary layers keep their qkv rows in pair order,
 give the plain model's outputs on every path, and save and load checkpoints in the usual order."""
+import contextlib
+
 import pytest
 import timm
 import torch
@@ -7,6 +9,8 @@ from timm.utils import reparameterize_model
 
 import timm_pe  # noqa: F401  (registers the models)
 from timm_pe.layers import PositionalAttention
+
+from tests.helpers import projection_called, unit_scale_attention
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -20,16 +24,8 @@ ROTARY = {
 
 
 def build(name):
-    """The model with unit-scale attention and head weights: at timm's init the scores are near zero, the
-    attention near uniform, its output and the logits small, and a wrong rotation would go unseen."""
     torch.manual_seed(0)
-    model = timm.create_model(name, **ROTARY[name]).eval()
-    with torch.no_grad():
-        for attn in (m for m in model.modules() if isinstance(m, PositionalAttention)):
-            for linear in (attn.qkv, attn.proj):
-                linear.weight.normal_(std=linear.in_features ** -0.5)
-        model.get_classifier().weight.normal_(std=model.num_features ** -0.5)
-    return model
+    return unit_scale_attention(timm.create_model(name, **ROTARY[name]).eval())
 
 
 def pair_ordered(model):
@@ -39,7 +35,7 @@ def pair_ordered(model):
 @pytest.mark.parametrize('name', ROTARY)
 def test_reparameterized_model_gives_the_plain_outputs_and_usual_checkpoints(name):
     model, x = build(name), torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
+    with torch.no_grad(), projection_called(model):  # rotate-half, by apply_rope
         expected = model(x)
     reparam = reparameterize_model(model)  # a copy, as timm's validate.py --reparam makes it
     assert all(pair_ordered(reparam)) and not any(pair_ordered(model))
@@ -63,12 +59,14 @@ def test_reparameterized_model_gives_the_plain_outputs_and_usual_checkpoints(nam
         torch.testing.assert_close(fresh(x), expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(later(x), expected, atol=1e-5, rtol=1e-5)
 
-    # training and autocast take the expression path: same loss, same gradients outside the reordered rows
+    # training (complex multiplies forward and back) and autocast (the expression): same loss, same gradients
+    # outside the reordered rows
     model.train(), reparam.train()
     losses = []
     for m in (model, reparam):
         torch.manual_seed(1)  # Swin's stochastic depth draws alike
-        loss = m(x).square().mean()
+        with projection_called(m) if m is model else contextlib.nullcontext():
+            loss = m(x).square().mean()
         loss.backward()
         losses.append(loss)
     torch.testing.assert_close(losses[0], losses[1])
@@ -96,7 +94,7 @@ def test_reparameterize_twice_is_once_and_leaves_other_encodings_alone():
 def test_reparameterized_model_scripts_traces_and_exports(name):
     model, x = build(name), torch.randn(2, 3, 64, 64)
     reparam = reparameterize_model(model)
-    with torch.no_grad():
+    with torch.no_grad(), projection_called(model):
         expected = model(x)
         torch.testing.assert_close(torch.jit.script(reparam)(x), expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(torch.fx.symbolic_trace(reparam)(x), expected, atol=1e-5, rtol=1e-5)

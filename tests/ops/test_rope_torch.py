@@ -98,22 +98,33 @@ def test_tables_changed_in_place_are_used_at_once():
 @pytest.mark.parametrize('heads_in_table', [False, True])
 @pytest.mark.parametrize('head_dim,half', [(16, 8), (48, 6), (20, 4)])
 @pytest.mark.parametrize('bias', [True, False])
-def test_projected_rotation_gives_the_reference_scores(prefix, heads_in_table, head_dim, half, bias):
+@pytest.mark.parametrize('grad', [False, True])
+def test_projected_rotation_gives_the_reference_scores(prefix, heads_in_table, head_dim, half, bias, grad):
     """The projection and rotation folded into one (q, k in pair order): the same q.k scores and v as
-    projecting, then rotating by the reference."""
+    projecting, then rotating by the reference; with autograd, the same gradients of x, the weight, the
+    bias and the tables."""
     from timm_pe.ops.rope_torch import rope_qkv_projected
     torch.manual_seed(0)
     B, N, H, C = 2, 11 + prefix, 3, 24
     linear = torch.nn.Linear(C, 3 * H * head_dim, bias=bias)
-    x = torch.randn(B, N, C)
-    cos = torch.randn(H if heads_in_table else 1, N - prefix, half)
-    sin = torch.randn_like(cos)
-    with torch.no_grad():
+    x = torch.randn(B, N, C, requires_grad=grad)
+    cos = torch.randn(H if heads_in_table else 1, N - prefix, half, requires_grad=grad)
+    sin = torch.randn(cos.shape, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
         q, k, v = rope_qkv_projected(x, linear.weight, linear.bias, cos, sin, H, prefix)
         rq, rk, rv = rope_qkv_reference(linear(x).view(B, N, 3, H, head_dim), cos, sin, prefix)
     assert q.shape == k.shape == v.shape == (B, H, N, head_dim)
-    torch.testing.assert_close(q @ k.transpose(-1, -2), rq @ rk.transpose(-1, -2))
+    scores, ref_scores = q @ k.transpose(-1, -2), rq @ rk.transpose(-1, -2)
+    torch.testing.assert_close(scores, ref_scores)
     torch.testing.assert_close(v, rv)
+    if grad:  # the scores and v are what attention reads: their gradients reach every input alike
+        weights = torch.randn_like(scores), torch.randn_like(v)
+        inputs = [t for t in (x, linear.weight, linear.bias, cos, sin) if t is not None]
+        got = torch.autograd.grad((scores * weights[0]).sum() + (v * weights[1]).sum(), inputs)
+        want = torch.autograd.grad((ref_scores * weights[0]).sum() + (rv * weights[1]).sum(), inputs)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+        q, k = q.detach(), k.detach()
     for got, want in ((q, rq), (k, rk)):  # pair order: dim j, then j + half, for the rotated dims
         torch.testing.assert_close(got[..., :2 * half], torch.stack([want[..., :half], want[..., half:2 * half]],
                                                                     -1).flatten(-2))
@@ -122,34 +133,53 @@ def test_projected_rotation_gives_the_reference_scores(prefix, heads_in_table, h
 
 @pytest.mark.parametrize('prefix', [0, 1, 5])
 @pytest.mark.parametrize('heads_in_table', [False, True])
-@pytest.mark.parametrize('head_dim,half', [(16, 8), (20, 4)])
-@pytest.mark.parametrize('dtype,grad', [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)])
+@pytest.mark.parametrize('head_dim,half', [(16, 8), (20, 4), (21, 4)])
+@pytest.mark.parametrize('dtype,grad', [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False),
+                                        (torch.bfloat16, True)])
 def test_pair_ordered_rotation_is_the_reference_in_pair_order(prefix, heads_in_table, head_dim, half, dtype, grad):
-    """A reparameterized projection's qkv (q, k rows in ``pair_order``): float32 inference rotates in place by a
-    complex multiply, bf16 and autograd by the expression; each gives the reference's q and k in pair order,
-    and the expression's gradient is the reference's, reordered alike."""
+    """A qkv with q, k rows in ``pair_order``: float32 rotates by complex multiplies (in place without
+    autograd, else in the autograd node), bf16 and odd head dims by the expression; each gives the
+    reference's q and k in pair order, and gradients (the tables' included) are the reference's, q's and k's
+    reordered alike."""
     from timm_pe.ops.rope_torch import pair_order, rope_qkv_pairs
     torch.manual_seed(0)
     B, N, H = 2, 11 + prefix, 3
     qkv = torch.randn(B, N, 3, H, head_dim).to(dtype).requires_grad_(grad)
-    cos, sin = torch.randn(2, H if heads_in_table else 1, N - prefix, half).unbind(0)
+    cos, sin = (t.requires_grad_(grad) for t in torch.randn(2, H if heads_in_table else 1, N - prefix, half))
     rows = pair_order(H, head_dim, 2 * half)
     head_rows = rows[:head_dim]  # q's first head: the order of dims within every head
     paired = qkv.detach().flatten(2)[..., rows].view(qkv.shape).requires_grad_(grad)
     got = rope_qkv_pairs(paired if grad else paired.clone(), cos, sin, prefix, overwrite_qkv=True)
     want = rope_qkv_reference(qkv, cos, sin, prefix)
+    tol = {} if dtype == torch.float32 else {'atol': 2e-2, 'rtol': 2e-2}
     for g, w in zip(got[:2], want[:2]):
-        torch.testing.assert_close(g, w[..., head_rows])
+        torch.testing.assert_close(g, w[..., head_rows], **tol)
     torch.testing.assert_close(got[2], want[2], atol=0, rtol=0)
     if grad:
         grads = [torch.randn_like(t) for t in got]
-        torch.autograd.backward(got, grads)
+        got_grads = torch.autograd.grad(got, (paired, cos, sin), grads)
         usual = torch.argsort(head_rows)
-        torch.autograd.backward(want, [grads[0][..., usual], grads[1][..., usual], grads[2]])
-        torch.testing.assert_close(paired.grad.flatten(2), qkv.grad.flatten(2)[..., rows])
+        want_grads = torch.autograd.grad(want, (qkv, cos, sin), [grads[0][..., usual], grads[1][..., usual], grads[2]])
+        torch.testing.assert_close(got_grads[0].flatten(2), want_grads[0].flatten(2)[..., rows], **tol)
+        torch.testing.assert_close(got_grads[1], want_grads[1], **(tol or {'atol': 1e-5, 'rtol': 1e-5}))
+        torch.testing.assert_close(got_grads[2], want_grads[2], **(tol or {'atol': 1e-5, 'rtol': 1e-5}))
 
 
-def test_projected_rotation_applies_to_float32_cpu_inference_with_enough_tokens():
+def test_pair_ordered_rotation_takes_gradients_in_any_layout():
+    """The autograd node views gradients as complex pairs where their strides allow, and copies them where
+    not (a gradient with an odd stride); either way the result is the expression's."""
+    from timm_pe.ops.rope_torch import rope_qkv_expression, rope_qkv_pairs
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 9, 3, 2, 8, requires_grad=True)
+    cos, sin = torch.randn(2, 1, 8, 4).unbind(0)
+    odd = torch.randn(2, 2, 9, 9)[..., :8]  # rows 9 elements apart: no complex view
+    for grad in (torch.randn(2, 2, 9, 8), odd, torch.randn(2, 9, 2, 8).transpose(1, 2)):
+        got = torch.autograd.grad(rope_qkv_pairs(qkv, cos, sin, 1)[0], qkv, grad)[0]
+        want = torch.autograd.grad(rope_qkv_expression(qkv, cos, sin, 1, pairs=True)[0], qkv, grad)[0]
+        torch.testing.assert_close(got, want)
+
+
+def test_projected_rotation_applies_to_float32_cpu_with_enough_tokens():
     from timm_pe.ops.apply_rope import projected_rope_applies
 
     class Quantized(torch.Tensor):
@@ -158,7 +188,7 @@ def test_projected_rotation_applies_to_float32_cpu_inference_with_enough_tokens(
     linear = torch.nn.Linear(8, 24)
     x, cos, sin = torch.randn(1, 4, 8), torch.randn(1, 4, 2), torch.randn(1, 4, 2)
     args = (x, linear.weight, linear.bias, cos, sin)
-    assert not projected_rope_applies(*args)  # autograd records the weight's use
+    assert projected_rope_applies(*args)  # autograd records the weight's gather and the rotation
     with torch.no_grad():
         assert projected_rope_applies(*args)
         assert not projected_rope_applies(x[:, :3], linear.weight, linear.bias, cos[:, :3], sin[:, :3])  # 3 < 8 / 2

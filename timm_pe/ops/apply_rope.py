@@ -88,13 +88,12 @@ def projected_rope_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional
                            sin: torch.Tensor) -> bool:
     """Whether ``rope_qkv_projected`` may stand for the projection of x by (weight, bias) and ``apply_rope``
     (the caller rules out hooks, tracers and TorchScript): plain float32 CPU tensors on the PyTorch backend,
-    no gradient recorded, no autocast, and at least in_features / 2 tokens. With fewer, the per-call copy of
-    the weight costs more than the rotation it saves (ViT-B at batch 1 loses, ViT-S at batch 1 gains)."""
+    no autocast, and at least in_features / 2 tokens. With fewer, the per-call copy of the weight costs more
+    than the rotation it saves (ViT-B at batch 1 loses, ViT-S at batch 1 gains)."""
     tensors = (x, weight, cos, sin) if bias is None else (x, weight, bias, cos, sin)
     return (all(t.device.type == 'cpu' and t.dtype == torch.float32 for t in tensors)
             and all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)  # no quantized subclasses
             and 2 * x.shape[0] * x.shape[1] >= weight.shape[1]
             and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
             and not torch.is_autocast_enabled('cpu')
             and _resolve_backend(None, x.device) == 'torch')

@@ -253,6 +253,63 @@ def rope_qkv_projected(
     return rope_qkv_pairs(qkv.view(B, N, 3, heads, -1), cos, sin, num_prefix_tokens, overwrite_qkv=True)
 
 
+def _complex_pairs(t: torch.Tensor) -> torch.Tensor:
+    """A view of t's last dim, pair-ordered (re, im, re, im, ...), as complex64."""
+    return torch.view_as_complex(t.unflatten(-1, (-1, 2)))
+
+
+def _complex_ready(t: torch.Tensor) -> torch.Tensor:
+    """t itself where ``_complex_pairs`` can view it (unit stride last, every other stride and the offset
+    even), else a contiguous copy."""
+    if t.stride(-1) == 1 and t.storage_offset() % 2 == 0 and all(s % 2 == 0 for s in t.stride()[:-1]):
+        return t
+    return t.contiguous()
+
+
+def rope_pairs_forward_torch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                             num_prefix_tokens: int) -> torch.Tensor:
+    """Rotated q and k of a float32 (B, N, 3, heads, head_dim) qkv in ``pair_order``, as one (2, B, heads, N,
+    head_dim) view of a token-major buffer: one complex multiply, prefix and unrotated dims copied."""
+    p, rot = num_prefix_tokens, 2 * cos.shape[-1]
+    B, N, _, H, D = qkv.shape
+    out = qkv.new_empty((B, N, 2, H, D))
+    if p:
+        out[:, :p].copy_(qkv[:, :p, :2])
+    if rot < D:
+        out[:, p:, ..., rot:].copy_(qkv[:, p:, :2, :, rot:])
+    torch.mul(_complex_pairs(qkv[:, p:, :2, :, :rot]), complex_tables(cos, sin),
+              out=_complex_pairs(out[:, p:, :, :, :rot]))
+    return out.permute(2, 0, 3, 1, 4)
+
+
+def rope_pairs_backward_torch(grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor,
+                              qkv: Optional[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor,
+                              num_prefix_tokens: int) -> List[torch.Tensor]:
+    """``rope_pairs_forward_torch``'s backward, as ``rope_backward_torch``'s: dqkv written once (q and k
+    multiplied by the conjugate tables, v copied); with ``qkv``, dcos + i dsin = sum of grad * conj(x)."""
+    p, rot = num_prefix_tokens, 2 * cos.shape[-1]
+    B, H, N, D = grad_q.shape
+    dqkv = grad_q.new_empty((B, N, 3, H, D))
+    inverse = complex_tables(cos, sin).conj()
+    gs = tuple(_complex_ready(g.transpose(1, 2)) for g in (grad_q, grad_k))
+    for i, g in enumerate(gs):
+        if p:
+            dqkv[:, :p, i].copy_(g[:, :p])
+        if rot < D:
+            dqkv[:, p:, i, :, rot:].copy_(g[:, p:, :, rot:])
+        torch.mul(_complex_pairs(g[:, p:, :, :rot]), inverse[:, 0], out=_complex_pairs(dqkv[:, p:, i, :, :rot]))
+    dqkv[:, :, 2].copy_(grad_v.transpose(1, 2))
+    if qkv is None:
+        return [dqkv]
+    # per batch entry into one cache-resident (rows, heads, rot / 2) sum, as _table_grads
+    sums = torch.zeros((N - p, H, rot // 2), dtype=torch.complex64, device=qkv.device)
+    for i, g in enumerate(gs):
+        for b in range(B):
+            sums.addcmul_(_complex_pairs(g[b, p:, :, :rot]), _complex_pairs(qkv[b, p:, i, :, :rot]).conj())
+    sums = sums.transpose(0, 1)
+    return [dqkv, sums.real.sum_to_size(cos.shape), sums.imag.sum_to_size(cos.shape)]
+
+
 def rope_qkv_pairs(
         qkv: torch.Tensor,
         cos: torch.Tensor,
@@ -261,15 +318,18 @@ def rope_qkv_pairs(
         overwrite_qkv: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v of a (B, N, 3, heads, head_dim) qkv whose q and k dims are in ``pair_order`` (a reparameterized
-    projection), with q and k rotated; v is a view.
+    or gathered projection), with q and k rotated; v is a view.
 
-    With ``overwrite_qkv`` (nothing else reads qkv), float32, eager and no gradient recorded, the rotation is
-    one complex multiply in qkv's own storage; otherwise it is an expression (any dtype or device, autograd,
-    ``torch.compile``, export).
+    Eager float32 (even head_dim) rotates by complex multiplies: with ``overwrite_qkv`` (nothing else reads
+    qkv) and no gradient recorded, in qkv's own storage; else into a new buffer, in the autograd node
+    ``rope_qkv_torch`` uses, whose backward multiplies by the conjugate. Otherwise (other dtypes,
+    ``torch.compile``, export) it is an expression.
     """
-    if overwrite_qkv and qkv.dtype == torch.float32 and not torch.compiler.is_compiling() \
-            and not records_grad(qkv, cos, sin):
-        pairs = qkv[:, num_prefix_tokens:, :2, :, :2 * cos.shape[-1]].unflatten(-1, (-1, 2))
-        torch.view_as_complex(pairs).mul_(complex_tables(cos, sin))
+    if qkv.dtype != torch.float32 or qkv.shape[-1] % 2 or torch.compiler.is_compiling():
+        return rope_qkv_expression(qkv, cos, sin, num_prefix_tokens, pairs=True)
+    qkv = _complex_ready(qkv)
+    if overwrite_qkv and not records_grad(qkv, cos, sin):
+        pairs = qkv[:, num_prefix_tokens:, :2, :, :2 * cos.shape[-1]]
+        _complex_pairs(pairs).mul_(complex_tables(cos, sin))
         return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), v_view(qkv)
-    return rope_qkv_expression(qkv, cos, sin, num_prefix_tokens, pairs=True)
+    return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, rope_pairs_forward_torch, rope_pairs_backward_torch)

@@ -10,20 +10,22 @@ from timm_pe.layers import ATTENTION_ENCODINGS
 from timm_pe.models.swin import ATTN_POS as SWIN_ENCODINGS
 from timm_pe.models.vit import VARIANTS
 
+from tests.helpers import unit_scale_attention
+
 VIT_ENCODINGS = list(VARIANTS)
 SIZES = [(64, 64), (48, 80), (96, 32)]  # one exported program serves all three
 
 
 def tiny_vit(enc, **kwargs):
     torch.manual_seed(0)
-    return timm.create_model(f'vit_tiny_{enc}', embed_dim=32, num_heads=2, depth=2, img_size=64, num_classes=5,
-                             **kwargs).eval()
+    return unit_scale_attention(timm.create_model(f'vit_tiny_{enc}', embed_dim=32, num_heads=2, depth=2, img_size=64,
+                                                  num_classes=5, **kwargs)).eval()
 
 
 def tiny_swin(enc, **kwargs):
     torch.manual_seed(0)
-    return timm.create_model(f'swin_tiny_{enc}', embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2),
-                             img_size=128, num_classes=5, **kwargs).eval()
+    return unit_scale_attention(timm.create_model(f'swin_tiny_{enc}', embed_dim=16, depths=(1, 1, 1, 1),
+                                                  num_heads=(1, 1, 2, 2), img_size=128, num_classes=5, **kwargs)).eval()
 
 
 def dynamic_hw(batch=True):

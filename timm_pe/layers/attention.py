@@ -142,9 +142,9 @@ class PositionalAttention(nn.Module):
                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v with q and k rotated, in eager mode.
 
-        Where nothing observes the qkv projection, float32 inference on the CPU folds the rotation into a
-        pair-ordered copy of a plain ``nn.Linear`` projection (``rope_qkv_projected``), and other inference
-        lets ``apply_rope`` rotate q and k in the fresh projection output. Where a hook sees the projection
+        Where nothing observes the qkv projection, float32 on the CPU (inference and training) folds the
+        rotation into a pair-ordered copy of a plain ``nn.Linear`` projection (``rope_qkv_projected``), and
+        other inference lets ``apply_rope`` rotate q and k in the fresh projection output. Where a hook sees the projection
         (forward hook or pre-hook), it runs as called and its output is left as it wrote it; a projection
         that is not a plain ``nn.Linear`` (LoRA, parametrized, quantized, or with its ``forward`` replaced
         on the instance, as accelerate's offloading does) is called too. A reparameterized projection is
@@ -166,9 +166,9 @@ class PositionalAttention(nn.Module):
         float32 inference rotates with one complex multiply without gathering the weight on every call.
 
         ``state_dict()`` still holds, and ``load_state_dict`` still takes, the usual (rotate-half) order, so
-        checkpoints move between reparameterized and plain models unchanged. Other paths (training, other
-        dtypes, TorchScript, export) rotate the pairs by an expression; on a GPU leave it off: the Triton
-        kernel reads the usual order. Nothing changes without a rotary encoding, or where the projection is
+        checkpoints move between reparameterized and plain models unchanged. Float32 training rotates by
+        complex multiplies too; other dtypes, TorchScript and export rotate the pairs by an expression. On a
+        GPU leave it off: the Triton kernel reads the usual order. Nothing changes without a rotary encoding, or where the projection is
         not a plain ``nn.Linear`` (LoRA and the like: their own weights are in the usual order).
         """
         if self.qkv_pair_order or not hasattr(self.pos_enc, 'tables') or type(self.qkv) is not nn.Linear:

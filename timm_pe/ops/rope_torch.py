@@ -6,7 +6,7 @@ Layout conventions shared by every backend:
   (one table for all heads, RoPE-Axial) or T = heads (RoPE-Mixed).
 - Rotate-half pairing: dim j is rotated with dim j + rot_dim // 2, for j < rot_dim // 2; dims at and
   beyond rot_dim pass through (partial RoPE). Prefix tokens pass through.
-  (``rope_qkv_projected``, for CPU inference, puts the pairs side by side inside attention only.)
+  (``rope_qkv_projected``, on the CPU, puts the pairs side by side inside attention only.)
 """
 import functools
 from typing import List, Optional, Tuple
@@ -237,13 +237,14 @@ def rope_qkv_projected(
         heads: int,
         num_prefix_tokens: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The qkv projection of x (B, N, in) and the rotation of q and k at once, for CPU inference: SDPA-ready
-    (B, heads, N, head_dim) q, k, v.
+    """The qkv projection of x (B, N, in) and the rotation of q and k at once, for the CPU: SDPA-ready
+    (B, heads, N, head_dim) q, k, v, differentiable in every input.
 
     The projection runs from its weight and bias gathered into ``pair_order`` for this call (a transient copy:
     nothing is cached, so a change to the weights by any route is seen at once), so each rotated pair sits
-    side by side and the rotation is one complex multiply in the projection's own output, in place of the
-    four ops the rotate-half layout takes. q and k come out in that order: their dot products, the attention
+    side by side and the rotation is one complex multiply (``rope_qkv_pairs``: in the projection's own output
+    without autograd), in place of the four ops the rotate-half layout takes; the gather's gradient goes
+    back to the usual rows. q and k come out in that order: their dot products, the attention
     scores, are those of the rotate-half order, as both are permuted alike; v is as projected.
     ``apply_rope.projected_rope_applies`` says where it may serve.
     """

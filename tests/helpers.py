@@ -17,7 +17,8 @@ def unit_scale_attention(model: torch.nn.Module) -> torch.nn.Module:
                 linear.weight.normal_(std=linear.in_features ** -0.5)
         for layer_scale in (m for m in model.modules() if isinstance(m, LayerScale)):
             layer_scale.gamma.fill_(1.)
-        model.get_classifier().weight.normal_(std=model.num_features ** -0.5)
+        if hasattr(model, 'get_classifier'):  # features_only models have no head
+            model.get_classifier().weight.normal_(std=model.num_features ** -0.5)
     return model
 
 

@@ -8,6 +8,8 @@ import timm_pe  # noqa: F401  (registers the models)
 from timm_pe.layers import rpb
 from timm_pe.models.swin import ATTN_POS
 
+from tests.helpers import unit_scale_attention
+
 # four stages of two blocks, so every stage whose grid is larger than its window has a shifted block
 TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), num_classes=5)
 
@@ -17,7 +19,7 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 def tiny(enc, **kwargs):
     torch.manual_seed(0)
-    return timm.create_model(f'swin_tiny_{enc}', **dict(TINY, **kwargs)).eval()
+    return unit_scale_attention(timm.create_model(f'swin_tiny_{enc}', **dict(TINY, **kwargs))).eval()
 
 
 def geometry(model):

@@ -126,7 +126,8 @@ def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def correctness_cases(smoke: bool) -> List[dict]:
-    """Head dims x prefix x full/partial rotation x layout x dtype, tables per head (learning) or shared."""
+    """Head dims x prefix x full/partial rotation x layout x dtype, tables per head (learning) or shared; and
+    some in pair order."""
     dtypes = (torch.float32, torch.bfloat16) if smoke else (torch.float32, torch.float16, torch.bfloat16)
     head_dims = (32, 48) if smoke else HEAD_DIMS
     prefixes = (0, 5) if smoke else (0, 1, 5)
@@ -139,7 +140,10 @@ def correctness_cases(smoke: bool) -> List[dict]:
                         half = D // 2 if rot == 'full' else D // 4
                         cases.append(dict(dtype=dtype, D=D, prefix=prefix, rot=rot, half=half, layout=layout,
                                           B=2, N=prefix + (13 if smoke else 37), H=3,
-                                          table_heads=3 if layout == 'slice' else 1, tables_learn=rot == 'full'))
+                                          table_heads=3 if layout == 'slice' else 1, tables_learn=rot == 'full',
+                                          pairs=False))
+    # pair order (reparameterized layers), at one head dim: a few more kernel variants to compile
+    cases += [dict(c, pairs=True) for c in cases if c['D'] == 48 and c['prefix'] == 5 and c['dtype'] != torch.float16]
     return cases
 
 
@@ -159,9 +163,9 @@ def run_case(case: dict, device: torch.device) -> dict:
     grads = [torch.randn(case['B'], case['H'], case['N'], case['D'], device=device).to(case['dtype']) for _ in range(3)]
     inputs = [base] + [t for t in (cos, sin) if t.requires_grad]
     with poisoned_allocations():
-        out = apply_rope(qkv, cos, sin, case['prefix'], backend='triton')
+        out = apply_rope(qkv, cos, sin, case['prefix'], backend='triton', pair_order=case['pairs'])
         dout = torch.autograd.grad(out, inputs, grads)
-    ref = rope_qkv_reference(qkv, cos, sin, case['prefix'])
+    ref = rope_qkv_reference(qkv, cos, sin, case['prefix'], pairs=case['pairs'])
     dref = torch.autograd.grad(ref, inputs, grads)
     low = case['dtype'] != torch.float32
     err = ulp_error if low else rel_error
@@ -185,7 +189,7 @@ def compiled_case(device: torch.device) -> dict:
     """torch.compile(fullgraph) of rotation + SDPA, forward and backward, against eager: the custom-op path."""
     torch.manual_seed(0)
     case = dict(dtype=torch.float32, D=64, prefix=1, rot='full', half=32, layout='slice', B=2, N=50, H=3,
-                table_heads=3, tables_learn=True)
+                table_heads=3, tables_learn=True, pairs=False)
     base, qkv, cos, sin = make_inputs(case, device)
 
     def attention(qkv, cos, sin):

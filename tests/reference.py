@@ -9,17 +9,20 @@ def rope_qkv_reference(
         cos: torch.Tensor,
         sin: torch.Tensor,
         num_prefix_tokens: int = 0,
+        pairs: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Slow, obviously correct rotation (float32 math, clone and assign)."""
+    """Slow, obviously correct rotation (float32 math, clone and assign); ``pairs``: dims 2j and 2j + 1 rotate
+    together (a reparameterized projection's order) instead of j and j + half."""
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     half = cos.shape[-1]
+    first, second = (slice(0, 2 * half, 2), slice(1, 2 * half, 2)) if pairs else (slice(0, half), slice(half, 2 * half))
 
     def rotate(x: torch.Tensor) -> torch.Tensor:
         out = x.float().clone()
-        x1 = out[:, :, num_prefix_tokens:, :half].clone()
-        x2 = out[:, :, num_prefix_tokens:, half:2 * half].clone()
-        out[:, :, num_prefix_tokens:, :half] = x1 * cos - x2 * sin
-        out[:, :, num_prefix_tokens:, half:2 * half] = x2 * cos + x1 * sin
+        x1 = out[:, :, num_prefix_tokens:, first].clone()
+        x2 = out[:, :, num_prefix_tokens:, second].clone()
+        out[:, :, num_prefix_tokens:, first] = x1 * cos - x2 * sin
+        out[:, :, num_prefix_tokens:, second] = x2 * cos + x1 * sin
         return out.to(x.dtype)
 
     return rotate(q), rotate(k), v

@@ -137,10 +137,10 @@ def test_projected_rotation_gives_the_reference_scores(prefix, heads_in_table, h
 @pytest.mark.parametrize('dtype,grad', [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False),
                                         (torch.bfloat16, True)])
 def test_pair_ordered_rotation_is_the_reference_in_pair_order(prefix, heads_in_table, head_dim, half, dtype, grad):
-    """A qkv with q, k rows in ``pair_order``: float32 rotates by complex multiplies (in place without
-    autograd, else in the autograd node), bf16 and odd head dims by the expression; each gives the
-    reference's q and k in pair order, and gradients (the tables' included) are the reference's, q's and k's
-    reordered alike."""
+    """A qkv with q, k rows in ``pair_order`` rotates by complex multiplies (float32 in place without autograd;
+    else in the autograd node, through float32 copies for bf16 and for odd head dims, whose pairs do not view
+    as complex): the reference's q and k in pair order, and gradients (the tables' included) the
+    reference's, q's and k's reordered alike."""
     from timm_pe.ops.rope_torch import pair_order, rope_qkv_pairs
     torch.manual_seed(0)
     B, N, H = 2, 11 + prefix, 3

@@ -114,6 +114,29 @@ def test_matches_reference(backend, case, dtype, monkeypatch):
         torch.testing.assert_close(table_grad, ref_table_grad)
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
+@pytest.mark.parametrize('case', ['vit_cls', 'partial_72_registers', 'odd_rot_half'])
+@pytest.mark.parametrize('backend', ['torch', pytest.param('triton', marks=kernel_test)])
+def test_pair_order_matches_reference(backend, case, dtype):
+    """``apply_rope(..., pair_order=True)``, as reparameterized layers call it, on each backend: dims 2j and
+    2j + 1 rotate together; values and gradients, the tables' included, are the reference's."""
+    torch.manual_seed(0)
+    B, N, H, D, half, T, prefix, layout, tables_learn = CASES[case]
+    base, qkv = make_qkv(B, N, H, D, layout, dtype)
+    cos, sin = make_tables(T, N - prefix, half, tables_learn)
+    grads = [torch.randn(B, H, N, D, device=DEVICE).to(dtype) for _ in range(3)]
+    (q, k, v), dinputs = rope_and_grads(lambda *args: apply_rope(*args, backend=backend, pair_order=True),
+                                        base, qkv, cos, sin, prefix, grads)
+    (rq, rk, rv), rdinputs = rope_and_grads(lambda *args: rope_qkv_reference(*args, pairs=True),
+                                            base, qkv, cos, sin, prefix, grads)
+    assert_matches(q, rq)
+    assert_matches(k, rk)
+    assert v.data_ptr() == rv.data_ptr() and v.stride() == rv.stride()
+    assert_matches(dinputs[0], rdinputs[0])
+    for table_grad, ref_table_grad in zip(dinputs[1:], rdinputs[1:]):
+        torch.testing.assert_close(table_grad, ref_table_grad)
+
+
 @kernel_test
 @pytest.mark.parametrize('via_env', [False, True])
 def test_apply_rope_dispatches_to_triton(monkeypatch, via_env):

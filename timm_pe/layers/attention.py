@@ -8,10 +8,9 @@ from torch.nn import functional as F
 from ..ops import apply_rope
 from ..ops.apply_rope import projected_rope_applies
 from ..ops.rope_autograd import fx_symbolic_tracing
-from ..ops.rope_torch import pair_order, rope_qkv_expression, rope_qkv_pairs, rope_qkv_projected
+from ..ops.rope_torch import pair_order, rope_qkv_expression, rope_qkv_projected
 
 torch.fx.wrap('apply_rope')
-torch.fx.wrap('rope_qkv_pairs')
 
 
 def merge_masks(bias: torch.Tensor, attn_mask: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
@@ -152,7 +151,7 @@ class PositionalAttention(nn.Module):
         """
         overwrite = unobserved(self.qkv)
         if self.qkv_pair_order:
-            return rope_qkv_pairs(self._project(x), cos, sin, self.num_prefix_tokens, overwrite)
+            return apply_rope(self._project(x), cos, sin, self.num_prefix_tokens, None, overwrite, pair_order=True)
         if overwrite and type(self.qkv) is nn.Linear and 'forward' not in vars(self.qkv) and \
                 projected_rope_applies(x, self.qkv.weight, self.qkv.bias, cos, sin):
             return rope_qkv_projected(x, self.qkv.weight, self.qkv.bias, cos, sin, self.num_heads,
@@ -166,9 +165,9 @@ class PositionalAttention(nn.Module):
         float32 inference rotates with one complex multiply without gathering the weight on every call.
 
         ``state_dict()`` still holds, and ``load_state_dict`` still takes, the usual (rotate-half) order, so
-        checkpoints move between reparameterized and plain models unchanged. Float32 training rotates by
-        complex multiplies too; other dtypes, TorchScript and export rotate the pairs by an expression. On a
-        GPU leave it off: the Triton kernel reads the usual order. Nothing changes without a rotary encoding, or where the projection is
+        checkpoints move between reparameterized and plain models unchanged. ``apply_rope`` rotates the pairs
+        on every backend: on the CPU by complex multiplies in float32 (training too) and by an expression in
+        other dtypes, TorchScript and export; on a GPU by the Triton kernel. Nothing changes without a rotary encoding, or where the projection is
         not a plain ``nn.Linear`` (LoRA and the like: their own weights are in the usual order).
         """
         if self.qkv_pair_order or not hasattr(self.pos_enc, 'tables') or type(self.qkv) is not nn.Linear:

@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .rope_torch import rope_qkv_expression, rope_qkv_torch
+from .rope_torch import rope_qkv_expression, rope_qkv_pairs, rope_qkv_torch
 
 BACKENDS = ('auto', 'torch', 'triton')
 BACKEND_ENV = 'TIMM_PE_ROPE_BACKEND'
@@ -43,6 +43,7 @@ def apply_rope(
         num_prefix_tokens: int = 0,
         backend: Optional[str] = None,
         overwrite_qkv: bool = False,
+        pair_order: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split a fused qkv projection into SDPA-ready q, k, v with q and k rotated.
 
@@ -55,6 +56,9 @@ def apply_rope(
         overwrite_qkv: the caller's promise that nothing else reads qkv's q and k (a fresh projection
             output): the PyTorch path may then rotate them in qkv's storage when no gradient is recorded,
             and return views of it.
+        pair_order: q's and k's dims are in ``rope_torch.pair_order`` (a reparameterized projection): each
+            rotated pair side by side (dims 2j, 2j + 1) rather than rotate-half (j, j + rot_dim // 2). q and
+            k come out in that order; their dot products are the rotate-half ones.
 
     Returns:
         q, k, v of shape (B, heads, N, head_dim); v is a view of ``qkv``.
@@ -63,12 +67,13 @@ def apply_rope(
     Triton op needs Python dispatch).
     """
     if torch.jit.is_scripting():
-        return rope_qkv_expression(qkv, cos, sin, num_prefix_tokens)
-    return _apply_rope(qkv, cos, sin, num_prefix_tokens, backend, overwrite_qkv)
+        return rope_qkv_expression(qkv, cos, sin, num_prefix_tokens, pair_order)
+    return _apply_rope(qkv, cos, sin, num_prefix_tokens, backend, overwrite_qkv, pair_order)
 
 
 def _apply_rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_prefix_tokens: int,
-                backend: Optional[str], overwrite_qkv: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                backend: Optional[str], overwrite_qkv: bool, pair_order: bool
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f'qkv must be (B, N, 3, heads, head_dim), got shape {tuple(qkv.shape)}')
     B, N, _, H, D = qkv.shape
@@ -80,7 +85,9 @@ def _apply_rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_pre
             f'{num_prefix_tokens} prefix tokens, got cos {tuple(cos.shape)} and sin {tuple(sin.shape)}')
     if _resolve_backend(backend, qkv.device) == 'triton':
         from .rope_triton import rope_qkv_triton
-        return rope_qkv_triton(qkv, cos, sin, num_prefix_tokens)
+        return rope_qkv_triton(qkv, cos, sin, num_prefix_tokens, pair_order)
+    if pair_order:
+        return rope_qkv_pairs(qkv, cos, sin, num_prefix_tokens, overwrite_qkv)
     return rope_qkv_torch(qkv, cos, sin, num_prefix_tokens, overwrite_qkv)
 
 

@@ -254,23 +254,32 @@ def rope_qkv_projected(
     return rope_qkv_pairs(qkv.view(B, N, 3, heads, -1), cos, sin, num_prefix_tokens, overwrite_qkv=True)
 
 
+def _viewable(t: torch.Tensor) -> bool:
+    """Whether ``view_as_complex`` can view t's last dim as pairs: unit stride, every other stride and the
+    offset even."""
+    return t.stride(-1) == 1 and t.storage_offset() % 2 == 0 and all(s % 2 == 0 for s in t.stride()[:-1])
+
+
 def _complex_pairs(t: torch.Tensor) -> torch.Tensor:
-    """A view of t's last dim, pair-ordered (re, im, re, im, ...), as complex64."""
+    """t's last dim, pair-ordered (re, im, re, im, ...), as complex64: a view of t where its dtype and strides
+    allow, else of a float32 copy."""
+    if t.dtype != torch.float32 or not _viewable(t):
+        t = t.float().contiguous()
     return torch.view_as_complex(t.unflatten(-1, (-1, 2)))
 
 
-def _complex_ready(t: torch.Tensor) -> torch.Tensor:
-    """t itself where ``_complex_pairs`` can view it (unit stride last, every other stride and the offset
-    even), else a contiguous copy."""
-    if t.stride(-1) == 1 and t.storage_offset() % 2 == 0 and all(s % 2 == 0 for s in t.stride()[:-1]):
-        return t
-    return t.contiguous()
+def _multiply_pairs_into(y: torch.Tensor, x: torch.Tensor, table: torch.Tensor) -> None:
+    """y = x * table for pair-ordered real x and y (any float dtype): complex64 math, rounded once into y."""
+    if y.dtype == torch.float32 and _viewable(y):
+        torch.mul(_complex_pairs(x), table, out=_complex_pairs(y))
+    else:
+        y.copy_(torch.view_as_real(_complex_pairs(x) * table).flatten(-2))
 
 
 def rope_pairs_forward_torch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                              num_prefix_tokens: int) -> torch.Tensor:
-    """Rotated q and k of a float32 (B, N, 3, heads, head_dim) qkv in ``pair_order``, as one (2, B, heads, N,
-    head_dim) view of a token-major buffer: one complex multiply, prefix and unrotated dims copied."""
+    """Rotated q and k of a (B, N, 3, heads, head_dim) qkv in ``pair_order``, as one (2, B, heads, N, head_dim)
+    view of a token-major buffer: one complex multiply, prefix and unrotated dims copied."""
     p, rot = num_prefix_tokens, 2 * cos.shape[-1]
     B, N, _, H, D = qkv.shape
     out = qkv.new_empty((B, N, 2, H, D))
@@ -278,8 +287,7 @@ def rope_pairs_forward_torch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Te
         out[:, :p].copy_(qkv[:, :p, :2])
     if rot < D:
         out[:, p:, ..., rot:].copy_(qkv[:, p:, :2, :, rot:])
-    torch.mul(_complex_pairs(qkv[:, p:, :2, :, :rot]), complex_tables(cos, sin),
-              out=_complex_pairs(out[:, p:, :, :, :rot]))
+    _multiply_pairs_into(out[:, p:, :, :, :rot], qkv[:, p:, :2, :, :rot], complex_tables(cos, sin))
     return out.permute(2, 0, 3, 1, 4)
 
 
@@ -292,13 +300,13 @@ def rope_pairs_backward_torch(grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v
     B, H, N, D = grad_q.shape
     dqkv = grad_q.new_empty((B, N, 3, H, D))
     inverse = complex_tables(cos, sin).conj()
-    gs = tuple(_complex_ready(g.transpose(1, 2)) for g in (grad_q, grad_k))
+    gs = (grad_q.transpose(1, 2), grad_k.transpose(1, 2))
     for i, g in enumerate(gs):
         if p:
             dqkv[:, :p, i].copy_(g[:, :p])
         if rot < D:
             dqkv[:, p:, i, :, rot:].copy_(g[:, p:, :, rot:])
-        torch.mul(_complex_pairs(g[:, p:, :, :rot]), inverse[:, 0], out=_complex_pairs(dqkv[:, p:, i, :, :rot]))
+        _multiply_pairs_into(dqkv[:, p:, i, :, :rot], g[:, p:, :, :rot], inverse[:, 0])
     dqkv[:, :, 2].copy_(grad_v.transpose(1, 2))
     if qkv is None:
         return [dqkv]
@@ -321,16 +329,14 @@ def rope_qkv_pairs(
     """q, k, v of a (B, N, 3, heads, head_dim) qkv whose q and k dims are in ``pair_order`` (a reparameterized
     or gathered projection), with q and k rotated; v is a view.
 
-    Eager float32 (even head_dim) rotates by complex multiplies: with ``overwrite_qkv`` (nothing else reads
-    qkv) and no gradient recorded, in qkv's own storage; else into a new buffer, in the autograd node
-    ``rope_qkv_torch`` uses, whose backward multiplies by the conjugate. Otherwise (other dtypes,
-    ``torch.compile``, export) it is an expression.
+    Eager, the rotation is complex multiplies in float32: with ``overwrite_qkv`` (nothing else reads qkv), a
+    float32 qkv whose pairs view as complex, and no gradient recorded, in qkv's own storage; else into a new
+    buffer (rounded once to qkv's dtype), in the autograd node ``rope_qkv_torch`` uses, whose backward
+    multiplies by the conjugate. Under ``torch.compile`` and export, and for float64, it is an expression.
     """
-    if qkv.dtype != torch.float32 or qkv.shape[-1] % 2 or torch.compiler.is_compiling():
+    if qkv.dtype not in (torch.float32, torch.float16, torch.bfloat16) or torch.compiler.is_compiling():
         return rope_qkv_expression(qkv, cos, sin, num_prefix_tokens, pairs=True)
-    qkv = _complex_ready(qkv)
-    if overwrite_qkv and not records_grad(qkv, cos, sin):
-        pairs = qkv[:, num_prefix_tokens:, :2, :, :2 * cos.shape[-1]]
-        _complex_pairs(pairs).mul_(complex_tables(cos, sin))
+    if overwrite_qkv and qkv.dtype == torch.float32 and _viewable(qkv) and not records_grad(qkv, cos, sin):
+        _complex_pairs(qkv[:, num_prefix_tokens:, :2, :, :2 * cos.shape[-1]]).mul_(complex_tables(cos, sin))
         return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), v_view(qkv)
     return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, rope_pairs_forward_torch, rope_pairs_backward_torch)

@@ -10,6 +10,7 @@ Tile height (tokens per program) and warps are picked by Triton's autotuner per 
 (and, backward, per table-gradient and dv variant) from ``_CONFIGS``, pruned to tiles of 512 to 16384
 elements; the first call of each key times the survivors on the GPU.
 """
+import functools
 import os
 from typing import List, Optional, Tuple
 
@@ -54,31 +55,41 @@ def _autotune(*keys):
 
 
 @triton.jit
-def _rope_tile(COS, SIN, pid_n, h, N, P, HALF, stride_th, stride_tn, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Token rows, head-dim columns, rotation mask, rotate-half partner column and table values of a tile."""
+def _rope_tile(COS, SIN, pid_n, h, N, P, HALF, stride_th, stride_tn, PAIRS: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """Token rows, head-dim columns, rotation mask, which of its pair a column is (``lower``: the one whose
+    output subtracts), its partner column, its table column and table values of a tile; pairs are (j, j +
+    HALF) in the rotate-half layout, (2j, 2j + 1) with ``PAIRS`` (a reparameterized projection)."""
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]
     d = tl.arange(0, BLOCK_D)[None, :]
-    lower = d < HALF
     rot = (n >= P) & (n < N) & (d < 2 * HALF)
-    partner = tl.where(lower, d + HALF, d - HALF)
-    t = h * stride_th + (n - P) * stride_tn + tl.where(lower, d, d - HALF)
+    if PAIRS:
+        lower = d % 2 == 0
+        partner = tl.where(lower, d + 1, d - 1)
+        col = d // 2
+    else:
+        lower = d < HALF
+        partner = tl.where(lower, d + HALF, d - HALF)
+        col = tl.where(lower, d, d - HALF)
+    t = h * stride_th + (n - P) * stride_tn + col
     c = tl.load(COS + t, mask=rot, other=1.0)
     s = tl.load(SIN + t, mask=rot, other=0.0)
-    return n, d, lower, rot, partner, c, s
+    return n, d, lower, rot, partner, col, c, s
 
 
-@_autotune()
+@_autotune('PAIRS')
 @triton.jit
 def _rope_fwd_kernel(
         QKV, OUT, COS, SIN, N, D, P, HALF,
         stride_xb, stride_xn, stride_x3, stride_xh, stride_xd,
         stride_y2, stride_yb, stride_yh, stride_yn,
         stride_th, stride_tn,
-        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        PAIRS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin for q and k of one (token block, head, batch)."""
     pid_n, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    n, d, lower, rot, partner, c, s = _rope_tile(COS, SIN, pid_n, h, N, P, HALF, stride_th, stride_tn, BLOCK_N, BLOCK_D)
+    n, d, lower, rot, partner, _, c, s = _rope_tile(COS, SIN, pid_n, h, N, P, HALF, stride_th, stride_tn, PAIRS,
+                                                    BLOCK_N, BLOCK_D)
     s = tl.where(lower, -s, s)
     mask = (n < N) & (d < D)
     for i in tl.static_range(2):
@@ -90,7 +101,7 @@ def _rope_fwd_kernel(
         tl.store(y_ptr, y.to(OUT.dtype.element_ty), mask=mask)
 
 
-@_autotune('TABLE_GRAD', 'HAS_DV')
+@_autotune('TABLE_GRAD', 'HAS_DV', 'PAIRS')
 @triton.jit
 def _rope_bwd_kernel(
         DQ, DK, DV, QKV, DQKV, COS, SIN, DCOS, DSIN, N, D, P, HALF, R,
@@ -100,7 +111,8 @@ def _rope_bwd_kernel(
         stride_xb, stride_xn, stride_x3, stride_xh, stride_xd,
         stride_db, stride_dn, stride_d3, stride_dh,
         stride_th, stride_tn,
-        TABLE_GRAD: tl.constexpr, HAS_DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        TABLE_GRAD: tl.constexpr, HAS_DV: tl.constexpr, PAIRS: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
 ):
     """dq, dk = inverse rotation of their gradients, dv copied (zeros without DV), all into one dqkv; with
     TABLE_GRAD, this tile's part of dcos, dsin.
@@ -109,7 +121,8 @@ def _rope_bwd_kernel(
     by the caller from the (batch, heads, rows, half) partials, which keeps the result deterministic.
     """
     pid_n, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    n, d, lower, rot, partner, c, s = _rope_tile(COS, SIN, pid_n, h, N, P, HALF, stride_th, stride_tn, BLOCK_N, BLOCK_D)
+    n, d, lower, rot, partner, col, c, s = _rope_tile(COS, SIN, pid_n, h, N, P, HALF, stride_th, stride_tn, PAIRS,
+                                                      BLOCK_N, BLOCK_D)
     s = tl.where(lower, s, -s)
     mask = (n < N) & (d < D)
     dx_ptr = DQKV + b * stride_db + h * stride_dh + n * stride_dn + d
@@ -138,7 +151,7 @@ def _rope_bwd_kernel(
         dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     tl.store(dx_ptr + 2 * stride_d3, dv.to(DQKV.dtype.element_ty), mask=mask)
     if TABLE_GRAD:
-        t = (b * tl.num_programs(1) + h) * R * HALF + (n - P) * HALF + d
+        t = (b * tl.num_programs(1) + h) * R * HALF + (n - P) * HALF + col
         tl.store(DCOS + t, dcos, mask=rot & lower)
         tl.store(DSIN + t, dsin, mask=rot & lower)
 
@@ -153,20 +166,21 @@ def _grid(B: int, N: int, H: int):
 
 
 @torch.library.custom_op('timm_pe::rope_qkv', mutates_args=())
-def _rope_qkv(qkv: Tensor, cos: Tensor, sin: Tensor, num_prefix_tokens: int) -> Tensor:
-    """Rotated q and k as one (2, B, heads, N, head_dim) buffer (ops may not return views of qkv)."""
+def _rope_qkv(qkv: Tensor, cos: Tensor, sin: Tensor, num_prefix_tokens: int, pairs: bool = False) -> Tensor:
+    """Rotated q and k as one (2, B, heads, N, head_dim) buffer (ops may not return views of qkv); ``pairs``:
+    q's and k's dims in ``rope_torch.pair_order``."""
     B, N, _, H, D = qkv.shape
     cos, sin = cos.contiguous(), sin.contiguous()
     out = qkv.new_empty((2, B, H, N, D))
     with torch.cuda.device_of(qkv):
         _rope_fwd_kernel[_grid(B, N, H)](
             qkv, out, cos, sin, N, D, num_prefix_tokens, cos.shape[-1],
-            *qkv.stride(), *out.stride()[:4], *_table_strides(cos), BLOCK_D=triton.next_power_of_2(D))
+            *qkv.stride(), *out.stride()[:4], *_table_strides(cos), PAIRS=pairs, BLOCK_D=triton.next_power_of_2(D))
     return out
 
 
 @_rope_qkv.register_fake
-def _(qkv, cos, sin, num_prefix_tokens):
+def _(qkv, cos, sin, num_prefix_tokens, pairs=False):
     B, N, _, H, D = qkv.shape
     return qkv.new_empty((2, B, H, N, D))
 
@@ -174,7 +188,7 @@ def _(qkv, cos, sin, num_prefix_tokens):
 @torch.library.custom_op('timm_pe::rope_qkv_backward', mutates_args=())
 def _rope_qkv_backward(
         grad_q: Tensor, grad_k: Tensor, grad_v: Optional[Tensor], qkv: Optional[Tensor], cos: Tensor, sin: Tensor,
-        num_prefix_tokens: int,
+        num_prefix_tokens: int, pairs: bool = False,
 ) -> List[Tensor]:
     """[dqkv], or [dqkv, dcos, dsin] when qkv is given (it is only needed for the table gradients).
 
@@ -192,7 +206,7 @@ def _rope_qkv_backward(
         _rope_bwd_kernel[_grid(B, N, H)](
             grad_q, grad_k, dv, x, dqkv, cos, sin, *partials, N, D, num_prefix_tokens, half, R,
             *grad_q.stride(), *grad_k.stride(), *dv.stride(), *x.stride(), *dqkv.stride()[:4], *_table_strides(cos),
-            TABLE_GRAD=table_grad, HAS_DV=grad_v is not None, BLOCK_D=triton.next_power_of_2(D))
+            TABLE_GRAD=table_grad, HAS_DV=grad_v is not None, PAIRS=pairs, BLOCK_D=triton.next_power_of_2(D))
     if not table_grad:
         return [dqkv]
     heads = (0, 1) if cos.shape[0] == 1 else 0
@@ -200,15 +214,15 @@ def _rope_qkv_backward(
 
 
 @_rope_qkv_backward.register_fake
-def _(grad_q, grad_k, grad_v, qkv, cos, sin, num_prefix_tokens):
+def _(grad_q, grad_k, grad_v, qkv, cos, sin, num_prefix_tokens, pairs=False):
     B, H, N, D = grad_q.shape
     dqkv = grad_q.new_empty((B, N, 3, H, D))
     return [dqkv] if qkv is None else [dqkv, torch.empty_like(cos), torch.empty_like(sin)]
 
 
 def _setup_context(ctx, inputs, output):
-    qkv, cos, sin, num_prefix_tokens = inputs
-    ctx.num_prefix_tokens = num_prefix_tokens
+    qkv, cos, sin, num_prefix_tokens, pairs = inputs
+    ctx.num_prefix_tokens, ctx.pairs = num_prefix_tokens, pairs
     ctx.save_for_backward(qkv, cos, sin)  # no extra memory: attention keeps qkv alive through the v view
 
 
@@ -216,9 +230,9 @@ def _backward(ctx, grad):
     qkv, cos, sin = ctx.saved_tensors
     table_grad = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
     grads = torch.ops.timm_pe.rope_qkv_backward(grad[0], grad[1], None, qkv if table_grad else None, cos, sin,
-                                                ctx.num_prefix_tokens)
+                                                ctx.num_prefix_tokens, ctx.pairs)
     dcos, dsin = grads[1:] if table_grad else (None, None)
-    return grads[0], dcos, dsin, None
+    return grads[0], dcos, dsin, None, None
 
 
 _rope_qkv.register_autograd(_backward, setup_context=_setup_context)
@@ -229,13 +243,15 @@ def rope_qkv_triton(
         cos: Tensor,
         sin: Tensor,
         num_prefix_tokens: int = 0,
+        pairs: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Triton counterpart of ``rope_qkv_torch``: q, k rotated in one launch; v a view of qkv, never copied.
+    """Triton counterpart of ``rope_qkv_torch`` (with ``pairs``, of ``rope_qkv_pairs``): q, k rotated in one
+    launch; v a view of qkv, never copied.
 
     Traced (torch.compile, FX) it is the custom op; eager, the shared autograd node around the same ops.
     """
     if torch.compiler.is_compiling() or fx_symbolic_tracing():
-        qk = torch.ops.timm_pe.rope_qkv(qkv, cos, sin, num_prefix_tokens)
+        qk = torch.ops.timm_pe.rope_qkv(qkv, cos, sin, num_prefix_tokens, pairs)
         return qk[0], qk[1], v_view(qkv)
-    return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, torch.ops.timm_pe.rope_qkv,
-                          torch.ops.timm_pe.rope_qkv_backward)
+    return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, functools.partial(torch.ops.timm_pe.rope_qkv, pairs=pairs),
+                          functools.partial(torch.ops.timm_pe.rope_qkv_backward, pairs=pairs))

@@ -138,6 +138,32 @@ def test_pair_order_matches_reference(backend, case, dtype):
 
 
 @kernel_test
+def test_reparameterized_model_rotates_by_the_kernel(monkeypatch):
+    """A model as timm's ``reparameterize_model`` leaves it, on the Triton backend: the kernel runs in pair
+    order and the outputs and gradients are the plain model's."""
+    import timm
+    from timm.utils import reparameterize_model
+    from tests.helpers import unit_scale_attention
+    from timm_pe.ops import rope_triton
+    monkeypatch.setenv('TIMM_PE_ROPE_BACKEND', 'triton')
+    calls, kernel = [], rope_triton.rope_qkv_triton
+    monkeypatch.setattr(rope_triton, 'rope_qkv_triton', lambda *args: calls.append(args[-1]) or kernel(*args))
+    torch.manual_seed(0)
+    model = unit_scale_attention(timm.create_model('vit_tiny_rope_mixed', depth=1, img_size=32, patch_size=8,
+                                                   reg_tokens=1)).to(DEVICE)
+    reparam = reparameterize_model(model)
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    outs = []
+    for m in (model, reparam):
+        out = m(x)
+        outs.append((out, *torch.autograd.grad(out.square().sum(), [m.patch_embed.proj.weight,
+                                                                   m.blocks[0].attn.pos_enc.freqs])))
+    assert calls == [False, True]
+    for a, b in zip(*outs):  # to float32 rounding, relative to each tensor's scale
+        torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-4)
+
+
+@kernel_test
 @pytest.mark.parametrize('via_env', [False, True])
 def test_apply_rope_dispatches_to_triton(monkeypatch, via_env):
     from timm_pe.ops import rope_triton

@@ -59,8 +59,8 @@ def test_reparameterized_model_gives_the_plain_outputs_and_usual_checkpoints(nam
         torch.testing.assert_close(fresh(x), expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(later(x), expected, atol=1e-5, rtol=1e-5)
 
-    # training (complex multiplies forward and back) and autocast (the expression): same loss, same gradients
-    # outside the reordered rows
+    # training and bf16 autocast (complex multiplies forward and back, in float32): same loss, same gradients
+    # outside the reordered rows, as the plain model's rotate-half path
     model.train(), reparam.train()
     losses = []
     for m in (model, reparam):

@@ -143,11 +143,11 @@ class PositionalAttention(nn.Module):
 
         Where nothing observes the qkv projection, float32 on the CPU (inference and training) folds the
         rotation into a pair-ordered copy of a plain ``nn.Linear`` projection (``rope_qkv_projected``), and
-        other inference lets ``apply_rope`` rotate q and k in the fresh projection output. Where a hook sees the projection
-        (forward hook or pre-hook), it runs as called and its output is left as it wrote it; a projection
-        that is not a plain ``nn.Linear`` (LoRA, parametrized, quantized, or with its ``forward`` replaced
-        on the instance, as accelerate's offloading does) is called too. A reparameterized projection is
-        called as it is, already in pair order.
+        other inference lets ``apply_rope`` rotate q and k in the fresh projection output. Where a hook sees
+        the projection (forward hook or pre-hook), it runs as called and its output is left as it wrote it;
+        a projection that is not a plain ``nn.Linear`` (LoRA, parametrized, quantized, or with its
+        ``forward`` replaced on the instance, as accelerate's offloading does) is called too. A
+        reparameterized projection is called as it is, already in pair order.
         """
         overwrite = unobserved(self.qkv)
         if self.qkv_pair_order:
@@ -166,9 +166,9 @@ class PositionalAttention(nn.Module):
 
         ``state_dict()`` still holds, and ``load_state_dict`` still takes, the usual (rotate-half) order, so
         checkpoints move between reparameterized and plain models unchanged. ``apply_rope`` rotates the pairs
-        on every backend: on the CPU by complex multiplies in float32 (training too) and by an expression in
-        other dtypes, TorchScript and export; on a GPU by the Triton kernel. Nothing changes without a rotary encoding, or where the projection is
-        not a plain ``nn.Linear`` (LoRA and the like: their own weights are in the usual order).
+        on every backend: eager PyTorch by complex multiplies (training too), TorchScript and export by an
+        expression, and on a GPU the Triton kernel. Nothing changes without a rotary encoding, or where the
+        projection is not a plain ``nn.Linear`` (LoRA and the like: their own weights are in the usual order).
         """
         if self.qkv_pair_order or not hasattr(self.pos_enc, 'tables') or type(self.qkv) is not nn.Linear:
             return

@@ -6,7 +6,8 @@ custom ops with fake and autograd registrations so ``torch.compile(fullgraph=Tru
 ``torch.fx.symbolic_trace`` see one opaque node instead of a Triton launch; eager, they run inside the
 autograd node of ``rope_autograd`` instead, whose backward also takes v's gradient.
 
-Tile height (tokens per program) and warps are picked by Triton's autotuner per head dim and dtype
+Both kernels take the rotate-half layout or, with ``pairs``, the pair order of a reparameterized projection.
+Tile height (tokens per program) and warps are picked by Triton's autotuner per head dim, dtype and layout
 (and, backward, per table-gradient and dv variant) from ``_CONFIGS``, pruned to tiles of 512 to 16384
 elements; the first call of each key times the survivors on the GPU.
 """

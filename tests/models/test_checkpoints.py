@@ -14,11 +14,16 @@ import timm_pe  # noqa: F401
 from timm_pe.layers import resize_rpb_table
 from timm_pe.models.vit import checkpoint_filter_fn
 
+from tests.helpers import unit_scale_attention
+
 VIT = dict(depth=1, embed_dim=48, num_heads=2)  # heads of 24 dims
 SWIN = dict(depths=(1, 1, 1, 1), embed_dim=16, num_heads=(1, 1, 2, 2))
 
 
 def randomized(model):
+    """A stand-in for a trained model: unit-scale attention (so positions move the logits), and every bias,
+    norm and table moved off its init."""
+    unit_scale_attention(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim <= 1 or 'table' in name:
@@ -64,7 +69,7 @@ def test_rope_scaling_follows_the_training_grid_on_every_loading_path(tmp_path, 
     plain = timm.create_model(name, img_size=test, **kwargs)
     plain.load_state_dict(trained.state_dict())
     expected = logits(reference, test)
-    assert not torch.equal(expected, logits(plain, test))  # the hook changes something here
+    assert (expected - logits(plain, test)).abs().max() > 1e-2  # the scaling moves the logits, well past tolerance
     for route, model in loading_paths(name, path, img_size=test, rope_scaling=scaling, **kwargs).items():
         torch.testing.assert_close(logits(model, test), expected, msg=route)
 

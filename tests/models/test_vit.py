@@ -6,6 +6,8 @@ from safetensors.torch import load_file, save_file
 import timm_pe  # noqa: F401  (registers the models)
 from timm_pe.models.vit import VARIANTS, SIZES, checkpoint_filter_fn, convert_timm_rope_vit
 
+from tests.helpers import unit_scale_attention
+
 ALL_VITS = [f'vit_{size}_{enc}' for size in SIZES for enc in VARIANTS]
 ROPE_VITS = [name for name in ALL_VITS if 'rope' in name]
 
@@ -126,7 +128,7 @@ def test_half_precision_keeps_float32_tables():
 @pytest.mark.parametrize('name', ['vit_tiny_rope_mixed', 'vit_tiny_alibi2d', 'vit_tiny_rpb', 'vit_tiny_sincos',
                                   'vit_tiny_lookhere', 'vit_tiny_alibi2d_sq', 'vit_tiny_rope_dinov3'])
 def test_compiles_in_one_graph_and_fx_traces(name):
-    model = small(name).eval()
+    model = unit_scale_attention(small(name)).eval()
     x = torch.randn(1, 3, 224, 224)
     compiled = torch.compile(model, fullgraph=True, backend='eager')
     traced = torch.fx.symbolic_trace(model)

@@ -220,6 +220,19 @@ def test_training_through_the_folded_projection_gives_the_rotate_half_gradients(
         torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-5, rtol=1e-4, msg=n)
 
 
+def test_folded_training_keeps_no_gathered_weight_for_the_backward():
+    """Autograd keeps the projection's own weight for a folded step, not its pair-ordered copy (which would
+    stay alive from forward to backward in every layer)."""
+    model = _tiny_rope_vit('vit_tiny_rope_axial').train()
+    weight = model.blocks[0].attn.qkv.weight
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        model(torch.randn(2, 3, 64, 64)).sum().backward()
+    weight_sized = [t for t in saved if t.numel() == weight.numel()]
+    assert weight_sized and all(t.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()
+                                for t in weight_sized)
+
+
 def test_folded_projection_sees_every_weight_change_and_leaves_other_projections_to_their_call(monkeypatch):
     """The pair-ordered copy is made per call, so a write through ``.data`` (which bumps no version counter,
     as many EMA teachers update) is seen at once, and a model built under inference_mode folds too. A

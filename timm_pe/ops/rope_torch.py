@@ -6,7 +6,8 @@ Layout conventions shared by every backend:
   (one table for all heads, RoPE-Axial) or T = heads (RoPE-Mixed).
 - Rotate-half pairing: dim j is rotated with dim j + rot_dim // 2, for j < rot_dim // 2; dims at and
   beyond rot_dim pass through (partial RoPE). Prefix tokens pass through.
-  (``rope_qkv_projected``, on the CPU, puts the pairs side by side inside attention only.)
+  (Reparameterized layers, and ``rope_qkv_projected`` on the CPU, put each pair side by side instead, inside
+  attention only: ``pair_order``, ``rope_qkv_pairs``.)
 """
 import functools
 from typing import List, Optional, Tuple

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from ..ops import apply_rope
 from ..ops.apply_rope import projected_rope_applies
 from ..ops.rope_autograd import fx_symbolic_tracing
-from ..ops.rope_torch import pair_order, rope_qkv_expression, rope_qkv_projected
+from ..ops.rope_torch import pair_order, rope_qkv_projected
 
 torch.fx.wrap('apply_rope')
 
@@ -113,8 +113,9 @@ class PositionalAttention(nn.Module):
             q, k, v = self._project(x).permute(2, 0, 3, 1, 4).unbind(0)
         elif hasattr(pos_enc, 'tables'):
             cos, sin = pos_enc.tables(grid, x.device)
-            if torch.jit.is_scripting():  # apply_rope's own TorchScript path, in either row order
-                q, k, v = rope_qkv_expression(self._project(x), cos, sin, self.num_prefix_tokens, self.qkv_pair_order)
+            if torch.jit.is_scripting():  # no hooks, no fold: apply_rope's own TorchScript path
+                q, k, v = apply_rope(self._project(x), cos, sin, self.num_prefix_tokens, None, False,
+                                     self.qkv_pair_order)
             else:
                 q, k, v = self._rotary_qkv(x, cos, sin)
         else:

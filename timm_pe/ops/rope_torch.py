@@ -296,8 +296,15 @@ def _complex_pairs(t: torch.Tensor) -> torch.Tensor:
     return torch.view_as_complex(t.unflatten(-1, (-1, 2)))
 
 
-def _multiply_pairs_into(y: torch.Tensor, x: torch.Tensor, table: torch.Tensor) -> None:
-    """y = x * table for pair-ordered real x and y (any float dtype): complex64 math, rounded once into y."""
+def _rotate_pairs_into(y: torch.Tensor, x: torch.Tensor, table: torch.Tensor, num_prefix_tokens: int) -> None:
+    """y = x rotated by the complex ``table`` for token-major (B, N, ..., head_dim) x and y in pair order (any
+    float dtype): prefix tokens and unrotated dims copied, the rest one complex64 multiply rounded once into y."""
+    p, rot = num_prefix_tokens, 2 * table.shape[-1]
+    if p:
+        y[:, :p].copy_(x[:, :p])
+    if rot < y.shape[-1]:
+        y[:, p:, ..., rot:].copy_(x[:, p:, ..., rot:])
+    x, y = x[:, p:, ..., :rot], y[:, p:, ..., :rot]
     if y.dtype == torch.float32 and _viewable(y):
         torch.mul(_complex_pairs(x), table, out=_complex_pairs(y))
     else:
@@ -308,14 +315,9 @@ def rope_pairs_forward_torch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Te
                              num_prefix_tokens: int) -> torch.Tensor:
     """Rotated q and k of a (B, N, 3, heads, head_dim) qkv in ``pair_order``, as one (2, B, heads, N, head_dim)
     view of a token-major buffer: one complex multiply, prefix and unrotated dims copied."""
-    p, rot = num_prefix_tokens, 2 * cos.shape[-1]
     B, N, _, H, D = qkv.shape
     out = qkv.new_empty((B, N, 2, H, D))
-    if p:
-        out[:, :p].copy_(qkv[:, :p, :2])
-    if rot < D:
-        out[:, p:, ..., rot:].copy_(qkv[:, p:, :2, :, rot:])
-    _multiply_pairs_into(out[:, p:, :, :, :rot], qkv[:, p:, :2, :, :rot], complex_tables(cos, sin))
+    _rotate_pairs_into(out, qkv[:, :, :2], complex_tables(cos, sin), num_prefix_tokens)
     return out.permute(2, 0, 3, 1, 4)
 
 
@@ -327,14 +329,10 @@ def rope_pairs_backward_torch(grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v
     p, rot = num_prefix_tokens, 2 * cos.shape[-1]
     B, H, N, D = grad_q.shape
     dqkv = grad_q.new_empty((B, N, 3, H, D))
-    inverse = complex_tables(cos, sin).conj()
+    inverse = complex_tables(cos, sin).conj()[:, 0]  # (rows, T, half): one slot
     gs = (grad_q.transpose(1, 2), grad_k.transpose(1, 2))
     for i, g in enumerate(gs):
-        if p:
-            dqkv[:, :p, i].copy_(g[:, :p])
-        if rot < D:
-            dqkv[:, p:, i, :, rot:].copy_(g[:, p:, :, rot:])
-        _multiply_pairs_into(dqkv[:, p:, i, :, :rot], g[:, p:, :, :rot], inverse[:, 0])
+        _rotate_pairs_into(dqkv[:, :, i], g, inverse, p)
     dqkv[:, :, 2].copy_(grad_v.transpose(1, 2))
     if qkv is None:
         return [dqkv]

@@ -233,6 +233,24 @@ def test_folded_training_keeps_no_gathered_weight_for_the_backward():
                                 for t in weight_sized)
 
 
+@pytest.mark.parametrize('name', ['vit_tiny_rope_axial', 'vit_tiny_rope_mixed'])
+def test_folded_training_keeps_no_rotated_copy_of_q_and_k(name):
+    """A folded training step rotates q and k in the projection's own output, which attention keeps anyway:
+    autograd keeps what the same model with no encoding keeps, plus less than one q and k buffer (the tables
+    and the row order), where the rotate-half path keeps a rotated copy of q and k besides."""
+    from timm_pe.tools.bench import saved_for_backward_mb
+    x = torch.randn(2, 3, 64, 64)
+    saved = {}
+    for model_name in ('vit_tiny_nope', name):
+        model = _tiny_rope_vit(model_name).train()
+        saved[model_name] = 2 ** 20 * saved_for_backward_mb(model, lambda: model(x))
+        with projection_called(model):
+            saved['unfolded'] = 2 ** 20 * saved_for_backward_mb(model, lambda: model(x))
+    tokens = model.patch_embed.num_patches + model.num_prefix_tokens
+    qk_bytes = 4 * x.shape[0] * tokens * 2 * model.embed_dim  # float32 q and k of the one layer
+    assert saved['vit_tiny_nope'] <= saved[name] < saved['vit_tiny_nope'] + qk_bytes <= saved['unfolded']
+
+
 def test_folded_projection_sees_every_weight_change_and_leaves_other_projections_to_their_call(monkeypatch):
     """The pair-ordered copy is made per call, so a write through ``.data`` (which bumps no version counter,
     as many EMA teachers update) is seen at once, and a model built under inference_mode folds too. A

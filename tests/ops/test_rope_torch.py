@@ -96,20 +96,25 @@ def test_tables_changed_in_place_are_used_at_once():
 
 @pytest.mark.parametrize('prefix', [0, 1, 5])
 @pytest.mark.parametrize('heads_in_table', [False, True])
-@pytest.mark.parametrize('head_dim,half', [(16, 8), (48, 6), (20, 4)])
+@pytest.mark.parametrize('head_dim,half', [(16, 8), (48, 6), (20, 4), (21, 4)])
 @pytest.mark.parametrize('bias', [True, False])
 @pytest.mark.parametrize('grad', [False, True])
-def test_projected_rotation_gives_the_reference_scores(prefix, heads_in_table, head_dim, half, bias, grad):
-    """The projection and rotation folded into one (q, k in pair order): the same q.k scores and v as
-    projecting, then rotating by the reference; with autograd, the same gradients of x, the weight, the
-    bias and the tables."""
+@pytest.mark.parametrize('zero_entries', [False, True])
+def test_projected_rotation_gives_the_reference_scores(prefix, heads_in_table, head_dim, half, bias, grad,
+                                                       zero_entries):
+    """The projection and rotation folded into one (q, k in pair order, rotated in the projection's output):
+    the same q.k scores and v as projecting, then rotating by the reference; with autograd, the same
+    gradients of x, the weight, the bias and the tables, also where a table entry is 0 (the table gradients
+    then cannot come from the rotated q and k) and where the pairs do not view as complex (odd head dim)."""
     from timm_pe.ops.rope_torch import rope_qkv_projected
     torch.manual_seed(0)
     B, N, H, C = 2, 11 + prefix, 3, 24
     linear = torch.nn.Linear(C, 3 * H * head_dim, bias=bias)
     x = torch.randn(B, N, C, requires_grad=grad)
-    cos = torch.randn(H if heads_in_table else 1, N - prefix, half, requires_grad=grad)
-    sin = torch.randn(cos.shape, requires_grad=grad)
+    cos, sin = torch.randn(2, H if heads_in_table else 1, N - prefix, half)
+    if zero_entries:
+        cos[..., 1, :2] = sin[..., 1, :2] = 0
+    cos, sin = cos.requires_grad_(grad), sin.requires_grad_(grad)
     with torch.set_grad_enabled(grad):
         q, k, v = rope_qkv_projected(x, linear.weight, linear.bias, cos, sin, H, prefix)
         rq, rk, rv = rope_qkv_reference(linear(x).view(B, N, 3, H, head_dim), cos, sin, prefix)

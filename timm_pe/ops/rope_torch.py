@@ -244,34 +244,65 @@ def rope_qkv_projected(
 
     The projection runs from its weight and bias gathered into ``pair_order`` for this call (a transient copy:
     nothing is cached, so a change to the weights by any route is seen at once), so each rotated pair sits
-    side by side and the rotation is one complex multiply (``rope_qkv_pairs``: in the projection's own output
-    without autograd), in place of the four ops the rotate-half layout takes; the gather's gradient goes
-    back to the usual rows. q and k come out in that order: their dot products, the attention
-    scores, are those of the rotate-half order, as both are permuted alike; v is as projected.
-    ``apply_rope.projected_rope_applies`` says where it may serve.
+    side by side and the rotation is one complex multiply, in place in the projection's own output, in place
+    of the four ops the rotate-half layout takes. With autograd that is one node (``_ProjectedRope``), whose
+    backward sends the gather's gradient back to the usual rows. q and k come out in that order: their dot
+    products, the attention scores, are those of the rotate-half order, as both are permuted alike; v is as
+    projected. ``apply_rope.projected_rope_applies`` says where it may serve.
     """
-    B, N, _ = x.shape
     rows = pair_order(heads, weight.shape[0] // (3 * heads), 2 * cos.shape[-1])
-    qkv = _GatheredLinear.apply(x, weight, bias, rows)
-    return rope_qkv_pairs(qkv.view(B, N, 3, heads, -1), cos, sin, num_prefix_tokens, overwrite_qkv=True)
+    inputs = (x, weight, cos, sin) if bias is None else (x, weight, bias, cos, sin)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return _ProjectedRope.apply(x, weight, bias, cos, sin, rows, heads, num_prefix_tokens)
+    qkv = _gathered_projection(x, weight, bias, rows, heads)
+    return rope_qkv_pairs(qkv, cos, sin, num_prefix_tokens, overwrite_qkv=True)
 
 
-class _GatheredLinear(torch.autograd.Function):
-    """``F.linear`` by the rows ``rows`` (a permutation) of weight and bias, keeping no gathered copy for the
-    backward: that gathers the weight again, where autograd would keep the copy alive from forward to backward
-    (a quarter of a block's parameters per layer)."""
+def _gathered_projection(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], rows: torch.Tensor,
+                         heads: int) -> torch.Tensor:
+    """x (B, N, in) projected by the rows ``rows`` of weight and bias, as (B, N, 3, heads, head_dim)."""
+    qkv = F.linear(x, weight.index_select(0, rows), None if bias is None else bias.index_select(0, rows))
+    return qkv.view(x.shape[0], x.shape[1], 3, heads, -1)
+
+
+class _ProjectedRope(torch.autograd.Function):
+    """``rope_qkv_projected`` for training: the rotation in the projection's own output, so attention keeps no
+    second q and k buffer alive (the projection output stays alive through v in any case); no pair-ordered
+    weight kept for the backward either, which gathers the weight again.
+
+    RoPE-Mixed's table gradients, sum(grad * conj(x)) for x the unrotated pairs, are taken from the rotated
+    y = x t that attention keeps anyway, as sum(grad * conj(y)) / conj(t); where a table entry is 0 (a
+    rotation that keeps nothing of x) the unrotated q and k are kept instead.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, rows):
-        ctx.save_for_backward(x, weight, rows)
-        ctx.has_bias = bias is not None
-        return F.linear(x, weight.index_select(0, rows), None if bias is None else bias.index_select(0, rows))
+    def forward(ctx, x, weight, bias, cos, sin, rows, heads, num_prefix_tokens):
+        p = num_prefix_tokens
+        qkv = _gathered_projection(x, weight, bias, rows, heads)
+        qk, table = qkv[:, :, :2], complex_tables(cos, sin)
+        table_grad = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
+        unrotated = table_grad and not bool(table.abs().gt(0).all())
+        kept = qk.clone() if unrotated else None
+        _rotate_pairs_into(qk, qk, table, p)
+        q, k, v = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), v_view(qkv)
+        xs = ((kept[:, :, 0], kept[:, :, 1]) if unrotated else (q, k)) if table_grad else ()
+        ctx.save_for_backward(x, weight, rows, cos, sin, *xs)
+        ctx.has_bias, ctx.num_prefix_tokens, ctx.rotated = bias is not None, p, not unrotated
+        return q, k, v
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):
-        x, weight, rows = ctx.saved_tensors
-        grad = grad.reshape(-1, grad.shape[-1])
+    def backward(ctx, grad_q, grad_k, grad_v):
+        x, weight, rows, cos, sin, *xs = ctx.saved_tensors
+        p = ctx.num_prefix_tokens
+        dqkv = rope_pairs_backward_torch(grad_q, grad_k, grad_v, None, cos, sin, p)[0]
+        dcos = dsin = None
+        if xs:
+            xs = [t.transpose(1, 2) for t in xs] if ctx.rotated else xs
+            rotated_by = complex_tables(cos, sin)[:, 0] if ctx.rotated else None
+            dcos, dsin = _pair_table_grads((grad_q.transpose(1, 2), grad_k.transpose(1, 2)), xs, cos.shape, p,
+                                           rotated_by)
+        grad = dqkv.view(-1, dqkv[0, 0].numel())
         dx = dweight = dbias = None
         if ctx.needs_input_grad[0]:
             dx = (grad @ weight.index_select(0, rows)).view(x.shape)
@@ -279,7 +310,7 @@ class _GatheredLinear(torch.autograd.Function):
             dweight = torch.empty_like(weight).index_copy_(0, rows, grad.t() @ x.reshape(-1, x.shape[-1]))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             dbias = grad.new_empty(grad.shape[-1]).index_copy_(0, rows, grad.sum(0))
-        return dx, dweight, dbias, None
+        return dx, dweight, dbias, dcos, dsin, None, None, None
 
 
 def _viewable(t: torch.Tensor) -> bool:
@@ -298,11 +329,12 @@ def _complex_pairs(t: torch.Tensor) -> torch.Tensor:
 
 def _rotate_pairs_into(y: torch.Tensor, x: torch.Tensor, table: torch.Tensor, num_prefix_tokens: int) -> None:
     """y = x rotated by the complex ``table`` for token-major (B, N, ..., head_dim) x and y in pair order (any
-    float dtype): prefix tokens and unrotated dims copied, the rest one complex64 multiply rounded once into y."""
+    float dtype; y may be x): prefix tokens and unrotated dims copied, the rest one complex64 multiply rounded
+    once into y."""
     p, rot = num_prefix_tokens, 2 * table.shape[-1]
-    if p:
+    if p and y is not x:
         y[:, :p].copy_(x[:, :p])
-    if rot < y.shape[-1]:
+    if rot < y.shape[-1] and y is not x:
         y[:, p:, ..., rot:].copy_(x[:, p:, ..., rot:])
     x, y = x[:, p:, ..., :rot], y[:, p:, ..., :rot]
     if y.dtype == torch.float32 and _viewable(y):
@@ -326,7 +358,7 @@ def rope_pairs_backward_torch(grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v
                               num_prefix_tokens: int) -> List[torch.Tensor]:
     """``rope_pairs_forward_torch``'s backward, as ``rope_backward_torch``'s: dqkv written once (q and k
     multiplied by the conjugate tables, v copied); with ``qkv``, dcos + i dsin = sum of grad * conj(x)."""
-    p, rot = num_prefix_tokens, 2 * cos.shape[-1]
+    p = num_prefix_tokens
     B, H, N, D = grad_q.shape
     dqkv = grad_q.new_empty((B, N, 3, H, D))
     inverse = complex_tables(cos, sin).conj()[:, 0]  # (rows, T, half): one slot
@@ -336,13 +368,25 @@ def rope_pairs_backward_torch(grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v
     dqkv[:, :, 2].copy_(grad_v.transpose(1, 2))
     if qkv is None:
         return [dqkv]
-    # per batch entry into one cache-resident (rows, heads, rot / 2) sum, as _table_grads
-    sums = torch.zeros((N - p, H, rot // 2), dtype=torch.complex64, device=qkv.device)
-    for i, g in enumerate(gs):
+    return [dqkv, *_pair_table_grads(gs, (qkv[:, :, 0], qkv[:, :, 1]), cos.shape, p)]
+
+
+def _pair_table_grads(gs, xs, shape: torch.Size, num_prefix_tokens: int,
+                      rotated_by: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """dcos + i dsin = the sum of g * conj(x) over q and k and the batch, for token-major (B, N, heads,
+    head_dim) g and x in pair order: each batch entry accumulated by ``addcmul_`` into one cache-resident
+    (rows, heads, rot / 2) sum, as ``_table_grads``. With ``rotated_by`` the (rows, 1 or heads, rot / 2)
+    complex table t, x is the rotated x t, and the sum is divided by conj(t)."""
+    p, B, N, H, _ = num_prefix_tokens, *gs[0].shape
+    rot = 2 * shape[-1]
+    sums = torch.zeros((N - p, H, rot // 2), dtype=torch.complex64, device=gs[0].device)
+    for g, x in zip(gs, xs):
         for b in range(B):
-            sums.addcmul_(_complex_pairs(g[b, p:, :, :rot]), _complex_pairs(qkv[b, p:, i, :, :rot]).conj())
+            sums.addcmul_(_complex_pairs(g[b, p:, :, :rot]), _complex_pairs(x[b, p:, :, :rot]).conj())
+    if rotated_by is not None:
+        sums.div_(rotated_by.conj())
     sums = sums.transpose(0, 1)
-    return [dqkv, sums.real.sum_to_size(cos.shape), sums.imag.sum_to_size(cos.shape)]
+    return sums.real.sum_to_size(shape), sums.imag.sum_to_size(shape)
 
 
 def rope_qkv_pairs(
@@ -355,14 +399,14 @@ def rope_qkv_pairs(
     """q, k, v of a (B, N, 3, heads, head_dim) qkv whose q and k dims are in ``pair_order`` (a reparameterized
     or gathered projection), with q and k rotated; v is a view.
 
-    Eager, the rotation is complex multiplies in float32: with ``overwrite_qkv`` (nothing else reads qkv), a
-    float32 qkv whose pairs view as complex, and no gradient recorded, in qkv's own storage; else into a new
-    buffer (rounded once to qkv's dtype), in the autograd node ``rope_qkv_torch`` uses, whose backward
-    multiplies by the conjugate. Under ``torch.compile`` and export, and for float64, it is an expression.
+    Eager, the rotation is complex multiplies in float32, rounded once to qkv's dtype: with ``overwrite_qkv``
+    (nothing else reads qkv) and no gradient recorded, in qkv's own storage; else into a new buffer, in the
+    autograd node ``rope_qkv_torch`` uses, whose backward multiplies by the conjugate. Under ``torch.compile`` and export, and for float64, it is an expression.
     """
     if qkv.dtype not in (torch.float32, torch.float16, torch.bfloat16) or torch.compiler.is_compiling():
         return rope_qkv_expression(qkv, cos, sin, num_prefix_tokens, pairs=True)
-    if overwrite_qkv and qkv.dtype == torch.float32 and _viewable(qkv) and not records_grad(qkv, cos, sin):
-        _complex_pairs(qkv[:, num_prefix_tokens:, :2, :, :2 * cos.shape[-1]]).mul_(complex_tables(cos, sin))
+    if overwrite_qkv and not records_grad(qkv, cos, sin):
+        qk = qkv[:, :, :2]
+        _rotate_pairs_into(qk, qk, complex_tables(cos, sin), num_prefix_tokens)
         return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), v_view(qkv)
     return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, rope_pairs_forward_torch, rope_pairs_backward_torch)

@@ -282,11 +282,10 @@ class _ProjectedRope(torch.autograd.Function):
         qk, table = qkv[:, :, :2], complex_tables(cos, sin)
         table_grad = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
         unrotated = table_grad and not bool(table.abs().gt(0).all())
-        kept = qk.clone() if unrotated else None
+        kept = qk.clone().permute(2, 0, 3, 1, 4).unbind(0) if unrotated else None  # (B, heads, N, head_dim) q, k
         _rotate_pairs_into(qk, qk, table, p)
         q, k, v = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), v_view(qkv)
-        xs = ((kept[:, :, 0], kept[:, :, 1]) if unrotated else (q, k)) if table_grad else ()
-        ctx.save_for_backward(x, weight, rows, cos, sin, *xs)
+        ctx.save_for_backward(x, weight, rows, cos, sin, *((kept or (q, k)) if table_grad else ()))
         ctx.has_bias, ctx.num_prefix_tokens, ctx.rotated = bias is not None, p, not unrotated
         return q, k, v
 
@@ -297,11 +296,10 @@ class _ProjectedRope(torch.autograd.Function):
         p = ctx.num_prefix_tokens
         dqkv = rope_pairs_backward_torch(grad_q, grad_k, grad_v, None, cos, sin, p)[0]
         dcos = dsin = None
-        if xs:
-            xs = [t.transpose(1, 2) for t in xs] if ctx.rotated else xs
+        if xs:  # token-major, as the backward reads them
             rotated_by = complex_tables(cos, sin)[:, 0] if ctx.rotated else None
-            dcos, dsin = _pair_table_grads((grad_q.transpose(1, 2), grad_k.transpose(1, 2)), xs, cos.shape, p,
-                                           rotated_by)
+            dcos, dsin = _pair_table_grads([g.transpose(1, 2) for g in (grad_q, grad_k)],
+                                           [t.transpose(1, 2) for t in xs], cos.shape, p, rotated_by)
         grad = dqkv.view(-1, dqkv[0, 0].numel())
         dx = dweight = dbias = None
         if ctx.needs_input_grad[0]:
@@ -401,7 +399,8 @@ def rope_qkv_pairs(
 
     Eager, the rotation is complex multiplies in float32, rounded once to qkv's dtype: with ``overwrite_qkv``
     (nothing else reads qkv) and no gradient recorded, in qkv's own storage; else into a new buffer, in the
-    autograd node ``rope_qkv_torch`` uses, whose backward multiplies by the conjugate. Under ``torch.compile`` and export, and for float64, it is an expression.
+    autograd node ``rope_qkv_torch`` uses, whose backward multiplies by the conjugate. Under ``torch.compile``
+    and export, and for float64, it is an expression.
     """
     if qkv.dtype not in (torch.float32, torch.float16, torch.bfloat16) or torch.compiler.is_compiling():
         return rope_qkv_expression(qkv, cos, sin, num_prefix_tokens, pairs=True)

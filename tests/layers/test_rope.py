@@ -220,18 +220,25 @@ def test_training_through_the_folded_projection_gives_the_rotate_half_gradients(
         torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-5, rtol=1e-4, msg=n)
 
 
+@pytest.mark.parametrize('reentrant', [False, True])
 @pytest.mark.parametrize('name', ['vit_tiny_rope_axial', 'vit_tiny_rope_mixed'])
-def test_folded_training_under_gradient_checkpointing_gives_the_same_gradients(name, monkeypatch):
-    """timm's gradient checkpointing reruns each block's forward in the backward: the folded node, which
-    rotates the fresh projection output in place and keeps the rotated q and k, gives the same gradients."""
+def test_folded_training_under_gradient_checkpointing_gives_the_same_gradients(name, reentrant, monkeypatch):
+    """timm's gradient checkpointing (either form) reruns each block's forward in the backward: the folded
+    node, which rotates the fresh projection output in place and keeps the rotated q and k, gives the same
+    gradients."""
+    from timm.layers import set_reentrant_ckpt, use_reentrant_ckpt
     folded = _count_folds(monkeypatch)
     model, x = _tiny_rope_vit(name, depth=2).train(), torch.randn(2, 3, 64, 64)
-    grads = []
-    for checkpointed in (False, True):
-        model.zero_grad()
-        model.set_grad_checkpointing(checkpointed)
-        model(x).square().mean().backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    grads, default = [], use_reentrant_ckpt()
+    set_reentrant_ckpt(reentrant)
+    try:
+        for checkpointed in (False, True):
+            model.zero_grad()
+            model.set_grad_checkpointing(checkpointed)
+            model(x).square().mean().backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    finally:
+        set_reentrant_ckpt(default)
     assert len(folded) == 6  # two blocks, then two more and their reruns
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-5, msg=n)

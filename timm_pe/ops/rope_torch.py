@@ -271,8 +271,8 @@ class _ProjectedRope(torch.autograd.Function):
     weight kept for the backward either, which gathers the weight again.
 
     RoPE-Mixed's table gradients, sum(grad * conj(x)) for x the unrotated pairs, are taken from the rotated
-    y = x t that attention keeps anyway, as sum(grad * conj(y)) / conj(t); where a table entry is 0 (a
-    rotation that keeps nothing of x) the unrotated q and k are kept instead.
+    y = x t that attention keeps anyway, as sum(grad * conj(y)) / conj(t); where a table entry's modulus is
+    far from 1 (0, subnormal, huge: y / t would not give x back), the unrotated q and k are kept instead.
     """
 
     @staticmethod
@@ -281,12 +281,14 @@ class _ProjectedRope(torch.autograd.Function):
         qkv = _gathered_projection(x, weight, bias, rows, heads)
         qk, table = qkv[:, :, :2], complex_tables(cos, sin)
         table_grad = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
-        unrotated = table_grad and not bool(table.abs().gt(0).all())
+        modulus = table.abs() if table_grad else None
+        unrotated = table_grad and not bool(((modulus >= 2 ** -20) & (modulus <= 2 ** 20)).all())
         kept = qk.clone().permute(2, 0, 3, 1, 4).unbind(0) if unrotated else None  # (B, heads, N, head_dim) q, k
         _rotate_pairs_into(qk, qk, table, p)
         q, k, v = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), v_view(qkv)
         ctx.save_for_backward(x, weight, rows, cos, sin, *((kept or (q, k)) if table_grad else ()))
-        ctx.has_bias, ctx.num_prefix_tokens, ctx.rotated = bias is not None, p, not unrotated
+        ctx.has_bias, ctx.num_prefix_tokens = bias is not None, p
+        ctx.saved_rotated = table_grad and not unrotated
         return q, k, v
 
     @staticmethod
@@ -294,14 +296,15 @@ class _ProjectedRope(torch.autograd.Function):
     def backward(ctx, grad_q, grad_k, grad_v):
         x, weight, rows, cos, sin, *xs = ctx.saved_tensors
         p = ctx.num_prefix_tokens
-        dqkv = rope_pairs_backward_torch(grad_q, grad_k, grad_v, None, cos, sin, p)[0]
-        dcos = dsin = None
+        dx = dweight = dbias = dcos = dsin = None
         if xs:  # token-major, as the backward reads them
-            rotated_by = complex_tables(cos, sin)[:, 0] if ctx.rotated else None
+            rotated_by = complex_tables(cos, sin)[:, 0] if ctx.saved_rotated else None
             dcos, dsin = _pair_table_grads([g.transpose(1, 2) for g in (grad_q, grad_k)],
                                            [t.transpose(1, 2) for t in xs], cos.shape, p, rotated_by)
+        if not any(ctx.needs_input_grad[:3]):  # the tables alone train
+            return dx, dweight, dbias, dcos, dsin, None, None, None
+        dqkv = rope_pairs_backward_torch(grad_q, grad_k, grad_v, None, cos, sin, p)[0]
         grad = dqkv.view(-1, dqkv[0, 0].numel())
-        dx = dweight = dbias = None
         if ctx.needs_input_grad[0]:
             dx = (grad @ weight.index_select(0, rows)).view(x.shape)
         if ctx.needs_input_grad[1]:
@@ -327,8 +330,8 @@ def _complex_pairs(t: torch.Tensor) -> torch.Tensor:
 
 def _rotate_pairs_into(y: torch.Tensor, x: torch.Tensor, table: torch.Tensor, num_prefix_tokens: int) -> None:
     """y = x rotated by the complex ``table`` for token-major (B, N, ..., head_dim) x and y in pair order (any
-    float dtype; y may be x): prefix tokens and unrotated dims copied, the rest one complex64 multiply rounded
-    once into y."""
+    float dtype; y is x, or does not overlap it): prefix tokens and unrotated dims copied, the rest one
+    complex64 multiply rounded once into y."""
     p, rot = num_prefix_tokens, 2 * table.shape[-1]
     if p and y is not x:
         y[:, :p].copy_(x[:, :p])

@@ -244,9 +244,9 @@ def rope_qkv_projected(
 
     The projection runs from its weight and bias gathered into ``pair_order`` for this call (a transient copy:
     nothing is cached, so a change to the weights by any route is seen at once), so each rotated pair sits
-    side by side and the rotation is one complex multiply, in place in the projection's own output, in place
-    of the four ops the rotate-half layout takes. With autograd that is one node (``_ProjectedRope``), whose
-    backward sends the gather's gradient back to the usual rows. q and k come out in that order: their dot
+    side by side and the rotation is one complex multiply in the projection's own output, where the rotate-half
+    layout takes four ops. With autograd that is one node (``_ProjectedRope``), whose backward sends the
+    gather's gradient back to the usual rows. q and k come out in that order: their dot
     products, the attention scores, are those of the rotate-half order, as both are permuted alike; v is as
     projected. ``apply_rope.projected_rope_applies`` says where it may serve.
     """
@@ -297,7 +297,7 @@ class _ProjectedRope(torch.autograd.Function):
         x, weight, rows, cos, sin, *xs = ctx.saved_tensors
         p = ctx.num_prefix_tokens
         dx = dweight = dbias = dcos = dsin = None
-        if xs:  # token-major, as the backward reads them
+        if xs:  # the table gradients, from token-major views
             rotated_by = complex_tables(cos, sin)[:, 0] if ctx.saved_rotated else None
             dcos, dsin = _pair_table_grads([g.transpose(1, 2) for g in (grad_q, grad_k)],
                                            [t.transpose(1, 2) for t in xs], cos.shape, p, rotated_by)

@@ -46,9 +46,10 @@ class _RopeQKV(torch.autograd.Function):
         return grads[0], dcos, dsin, None, None, None
 
 
-def records_grad(qkv: Tensor, cos: Tensor, sin: Tensor) -> bool:
-    """Whether autograd records the rotation (else no node is needed, and q, k may even be rotated in place)."""
-    return torch.is_grad_enabled() and (qkv.requires_grad or cos.requires_grad or sin.requires_grad)
+def records_grad(*tensors: Optional[Tensor]) -> bool:
+    """Whether autograd records an op on these tensors (None skipped): else no node is needed, and q, k may even
+    be rotated in place."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def rope_qkv_eager(qkv: Tensor, cos: Tensor, sin: Tensor, num_prefix_tokens: int, forward: RopeForward,

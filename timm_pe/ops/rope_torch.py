@@ -251,8 +251,7 @@ def rope_qkv_projected(
     projected. ``apply_rope.projected_rope_applies`` says where it may serve.
     """
     rows = pair_order(heads, weight.shape[0] // (3 * heads), 2 * cos.shape[-1])
-    inputs = (x, weight, cos, sin) if bias is None else (x, weight, bias, cos, sin)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+    if records_grad(x, weight, bias, cos, sin):
         return _ProjectedRope.apply(x, weight, bias, cos, sin, rows, heads, num_prefix_tokens)
     qkv = _gathered_projection(x, weight, bias, rows, heads)
     return rope_qkv_pairs(qkv, cos, sin, num_prefix_tokens, overwrite_qkv=True)

@@ -126,8 +126,8 @@ def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def correctness_cases(smoke: bool) -> List[dict]:
-    """Head dims x prefix x full/partial rotation x layout x dtype, tables per head (learning) or shared; and
-    some in pair order."""
+    """Head dims x prefix x full/partial rotation x layout x dtype, tables per head (learning) or shared; some in
+    pair order, and some rotated in place (``overwrite_qkv``, as attention calls it)."""
     dtypes = (torch.float32, torch.bfloat16) if smoke else (torch.float32, torch.float16, torch.bfloat16)
     head_dims = (32, 48) if smoke else HEAD_DIMS
     prefixes = (0, 5) if smoke else (0, 1, 5)
@@ -141,17 +141,21 @@ def correctness_cases(smoke: bool) -> List[dict]:
                         cases.append(dict(dtype=dtype, D=D, prefix=prefix, rot=rot, half=half, layout=layout,
                                           B=2, N=prefix + (13 if smoke else 37), H=3,
                                           table_heads=3 if layout == 'slice' else 1, tables_learn=rot == 'full',
-                                          pairs=False))
+                                          pairs=False, overwrite=False))
     # pair order (reparameterized layers), at one head dim: a few more kernel variants to compile
     cases += [dict(c, pairs=True) for c in cases if c['D'] == 48 and c['prefix'] == 5 and c['dtype'] != torch.float16]
+    # in place, at one head dim: the same kernels with qkv's own strides for the output
+    cases += [dict(c, overwrite=True) for c in cases if c['D'] == 48 and c['prefix'] == 5]
     return cases
 
 
 def make_inputs(case: dict, device: torch.device):
+    """base (the leaf), qkv (a view of it, or with ``overwrite`` of a copy autograd made, as a projection's
+    output is, to be rotated in place) and the tables."""
     B, N, H, D = case['B'], case['N'], case['H'], case['D']
     width = 3 * H * D + (8 if case['layout'] == 'slice' else 0)  # slice: the qkv columns of a wider output
     base = torch.randn(B, N, width, device=device).to(case['dtype']).requires_grad_()
-    qkv = base[..., width - 3 * H * D:].view(B, N, 3, H, D)
+    qkv = (base * 1 if case.get('overwrite') else base)[..., width - 3 * H * D:].view(B, N, 3, H, D)
     angles = torch.randn(case['table_heads'], N - case['prefix'], case['half'], device=device) * 3
     cos, sin = (t.requires_grad_(case['tables_learn']) for t in (angles.cos(), angles.sin()))
     return base, qkv, cos, sin
@@ -162,23 +166,35 @@ def run_case(case: dict, device: torch.device) -> dict:
     base, qkv, cos, sin = make_inputs(case, device)
     grads = [torch.randn(case['B'], case['H'], case['N'], case['D'], device=device).to(case['dtype']) for _ in range(3)]
     inputs = [base] + [t for t in (cos, sin) if t.requires_grad]
-    with poisoned_allocations():
-        out = apply_rope(qkv, cos, sin, case['prefix'], backend='triton', pair_order=case['pairs'])
-        dout = torch.autograd.grad(out, inputs, grads)
     ref = rope_qkv_reference(qkv, cos, sin, case['prefix'], pairs=case['pairs'])
-    dref = torch.autograd.grad(ref, inputs, grads)
+    dref = torch.autograd.grad(ref, inputs, grads, retain_graph=True)  # qkv's own graph serves once more
+    with poisoned_allocations():
+        out = apply_rope(qkv, cos, sin, case['prefix'], backend='triton', pair_order=case['pairs'],
+                         overwrite_qkv=case['overwrite'])
+        dout = torch.autograd.grad(out, inputs, grads)
     low = case['dtype'] != torch.float32
     err = ulp_error if low else rel_error
     row = case_fields(case)
+    # in place the table gradients come from the rotated q and k, which half types rounded: relative to their
+    # scale they are good to about that rounding (two epsilons allowed: the sums may cancel), not to float32 sums
+    table_err = scaled_error if case['overwrite'] and low else rel_error
     row.update(fwd_err=max(err(a, b) for a, b in zip(out[:2], ref[:2])), dqkv_err=err(dout[0], dref[0]),
-               dtable_err=max((rel_error(a, b) for a, b in zip(dout[1:], dref[1:])), default=0.),
-               v_is_view=out[2].data_ptr() == ref[2].data_ptr(), err_unit='ulp' if low else 'rel')
+               dtable_err=max((table_err(a, b) for a, b in zip(dout[1:], dref[1:])), default=0.),
+               v_is_view=out[2].data_ptr() == ref[2].data_ptr(), err_unit='ulp' if low else 'rel',
+               in_place=out[0].data_ptr() == qkv[:, :, 0].data_ptr())
     # fp32: FMA contraction on GPU; half types: one rounding of the float32 result; table grads: float32
     # sums over batch, heads, q and k in another order
     limit = 1. if low else 1e-5
-    row['ok'] = bool(row['fwd_err'] <= limit and row['dqkv_err'] <= limit and row['dtable_err'] <= 1e-4
-                     and row['v_is_view'])
+    table_limit = 2 * torch.finfo(case['dtype']).eps if table_err is scaled_error else 1e-4
+    row['ok'] = bool(row['fwd_err'] <= limit and row['dqkv_err'] <= limit and row['dtable_err'] <= table_limit
+                     and row['v_is_view'] and row['in_place'] == case['overwrite'])
     return row
+
+
+def scaled_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |a - e| / max |e| in float32 (NaN: inf)."""
+    actual, expected = actual.detach().float(), expected.detach().float()
+    return float(((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).nan_to_num(float('inf')))
 
 
 def case_fields(case: dict) -> dict:
@@ -189,7 +205,7 @@ def compiled_case(device: torch.device) -> dict:
     """torch.compile(fullgraph) of rotation + SDPA, forward and backward, against eager: the custom-op path."""
     torch.manual_seed(0)
     case = dict(dtype=torch.float32, D=64, prefix=1, rot='full', half=32, layout='slice', B=2, N=50, H=3,
-                table_heads=3, tables_learn=True, pairs=False)
+                table_heads=3, tables_learn=True, pairs=False, overwrite=False)
     base, qkv, cos, sin = make_inputs(case, device)
 
     def attention(qkv, cos, sin):
@@ -260,6 +276,8 @@ def kernel_speed(device: torch.device, smoke: bool, out_dir: Path) -> List[dict]
             'timm_eva': lambda: timm_eva_rope(qkv.flatten(2), rope_table, H),
             'plain_compiled': lambda: plain_compiled(qkv, cos, sin),
             'triton': lambda: apply_rope(qkv, cos, sin, PREFIX, backend='triton'),
+            # rotating the same qkv again and again: the values drift, the bytes moved are the same
+            'triton_in_place': lambda: apply_rope(qkv, cos, sin, PREFIX, backend='triton', overwrite_qkv=True),
         }
         qkv_g = qkv.detach().requires_grad_()
         fns['triton_fwd_bwd'] = lambda: rope_grad_step(lambda *a: apply_rope(*a, PREFIX, backend='triton'), qkv_g,

@@ -204,20 +204,26 @@ def test_rotation_folds_into_the_projection_unless_it_is_observed(name, monkeypa
                                          ('vit_tiny_rope_mixed', {'rope_fraction': 0.5, 'reg_tokens': 2})])
 def test_training_through_the_folded_projection_gives_the_rotate_half_gradients(name, kwargs, monkeypatch):
     """A training step folds too (the weight gathered into pair order, the rotation and its backward complex
-    multiplies): loss and every gradient, RoPE-Mixed's frequencies included, are those of rotating the
-    projection's output by ``apply_rope``."""
+    multiplies), and where it does not fold ``apply_rope`` rotates the projection's output in place (the table
+    gradients then taken from the rotated q and k): either way loss and every gradient, RoPE-Mixed's frequencies
+    included, are those of rotating a copy of the output of a projection a hook sees."""
+    from timm_pe.layers import attention
     folded = _count_folds(monkeypatch)
     model, x = _tiny_rope_vit(name, depth=2, **kwargs).train(), torch.randn(2, 3, 64, 64)
     grads = []
-    for fold in (False, True):
+    for path in ('hooked', 'folded', 'in_place'):
         model.zero_grad()
-        with contextlib.nullcontext() if fold else projection_called(model):
+        if path == 'in_place':
+            monkeypatch.setattr(attention, 'projected_rope_applies', lambda *args: False)
+        with projection_called(model) if path == 'hooked' else contextlib.nullcontext():
             model(x).square().mean().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert folded == [1, 1]
-    assert grads[0].keys() == grads[1].keys() and any('freqs' in n for n in grads[0]) == (name.endswith('mixed'))
-    for n in grads[0]:
-        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-5, rtol=1e-4, msg=n)
+    assert grads[0].keys() == grads[1].keys() == grads[2].keys()
+    assert any('freqs' in n for n in grads[0]) == (name.endswith('mixed'))
+    for other in grads[1:]:
+        for n in grads[0]:
+            torch.testing.assert_close(other[n], grads[0][n], atol=1e-5, rtol=1e-4, msg=n)
 
 
 @pytest.mark.parametrize('reentrant', [False, True])
@@ -258,10 +264,12 @@ def test_folded_training_keeps_no_gathered_weight_for_the_backward():
 
 
 @pytest.mark.parametrize('name', ['vit_tiny_rope_axial', 'vit_tiny_rope_mixed'])
-def test_folded_training_keeps_no_rotated_copy_of_q_and_k(name):
-    """A folded training step rotates q and k in the projection's own output, which attention keeps anyway:
-    autograd keeps what the same model with no encoding keeps, plus less than one q and k buffer (the tables
-    and the row order), where the rotate-half path keeps a rotated copy of q and k besides."""
+def test_training_keeps_no_rotated_copy_of_q_and_k(name, monkeypatch):
+    """A training step rotates q and k in the projection's own output, which attention keeps anyway, whether
+    the rotation is folded into the projection or ``apply_rope`` rotates its output: autograd keeps what the
+    same model with no encoding keeps, plus less than one q and k buffer (the tables and the row order). A
+    projection a hook sees keeps its output as it was, and a rotated copy of q and k besides."""
+    from timm_pe.layers import attention
     from timm_pe.tools.bench import saved_for_backward_mb
     x = torch.randn(2, 3, 64, 64)
     saved = {}
@@ -269,10 +277,14 @@ def test_folded_training_keeps_no_rotated_copy_of_q_and_k(name):
         model = _tiny_rope_vit(model_name).train()
         saved[model_name] = 2 ** 20 * saved_for_backward_mb(model, lambda: model(x))
         with projection_called(model):
-            saved['unfolded'] = 2 ** 20 * saved_for_backward_mb(model, lambda: model(x))
+            saved['hooked'] = 2 ** 20 * saved_for_backward_mb(model, lambda: model(x))
+    monkeypatch.setattr(attention, 'projected_rope_applies', lambda *args: False)
+    saved['unfolded'] = 2 ** 20 * saved_for_backward_mb(model, lambda: model(x))
     tokens = model.patch_embed.num_patches + model.num_prefix_tokens
     qk_bytes = 4 * x.shape[0] * tokens * 2 * model.embed_dim  # float32 q and k of the one layer
-    assert saved['vit_tiny_nope'] <= saved[name] < saved['vit_tiny_nope'] + qk_bytes <= saved['unfolded']
+    nope = saved['vit_tiny_nope']
+    assert nope <= saved[name] < nope + qk_bytes <= saved['hooked']
+    assert nope <= saved['unfolded'] < nope + qk_bytes
 
 
 def test_folded_projection_sees_every_weight_change_and_leaves_other_projections_to_their_call(monkeypatch):

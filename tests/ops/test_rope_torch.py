@@ -63,7 +63,7 @@ def test_triton_backend_on_a_cpu_model_says_what_it_needs(monkeypatch):
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
-def test_overwrite_qkv_rotates_in_place_only_without_gradients(dtype):
+def test_overwrite_qkv_rotates_in_place_without_gradients(dtype):
     torch.manual_seed(0)
     B, N, H, D, prefix = 3, 13, 2, 16, 1
     qkv = torch.randn(B, N, 3 * H * D, dtype=dtype).view(B, N, 3, H, D)
@@ -71,7 +71,7 @@ def test_overwrite_qkv_rotates_in_place_only_without_gradients(dtype):
     ref = rope_qkv_reference(qkv, cos, sin, prefix)
     recorded = qkv.clone().requires_grad_()
     out = apply_rope(recorded, cos, sin, prefix, backend='torch', overwrite_qkv=True)
-    assert torch.equal(recorded, qkv) and out[0].grad_fn is not None  # autograd records: qkv left alone
+    assert torch.equal(recorded, qkv) and out[0].grad_fn is not None  # a leaf that trains: left alone
     with torch.no_grad():
         overwritten = qkv.clone()
         out = apply_rope(overwritten, cos, sin, prefix, backend='torch', overwrite_qkv=True)

@@ -44,19 +44,19 @@ CASES = {
 }
 
 
-def make_qkv(B, N, H, D, layout, dtype):
-    """A (B, N, 3, H, D) view with the strides of the given layout, requiring grad through its base."""
+def make_qkv(B, N, H, D, layout, dtype, fresh=False):
+    """A (B, N, 3, H, D) view with the strides of the given layout, requiring grad through its base; ``fresh``:
+    of a copy of the base made by autograd (as a projection's output is), which may be overwritten."""
+    shapes = {'slice': (B, N, 3 * H * D + 8), 'batch_major': (N, B, 3, H, D), 'strided_dim': (B, N, 3, D, H)}
+    base = torch.randn(shapes.get(layout, (B, N, 3, H, D)), device=DEVICE).to(dtype).requires_grad_()
+    source = base * 1 if fresh else base
     if layout == 'slice':  # the qkv columns of a wider fused projection
-        base = torch.randn(B, N, 3 * H * D + 8, device=DEVICE).to(dtype).requires_grad_()
-        return base, base[..., 8:].view(B, N, 3, H, D)
+        return base, source[..., 8:].view(B, N, 3, H, D)
     if layout == 'batch_major':  # tokens outermost, e.g. a sequence-first linear output
-        base = torch.randn(N, B, 3, H, D, device=DEVICE).to(dtype).requires_grad_()
-        return base, base.transpose(0, 1)
+        return base, source.transpose(0, 1)
     if layout == 'strided_dim':  # head_dim is not the unit-stride dimension
-        base = torch.randn(B, N, 3, D, H, device=DEVICE).to(dtype).requires_grad_()
-        return base, base.transpose(-1, -2)
-    base = torch.randn(B, N, 3, H, D, device=DEVICE).to(dtype).requires_grad_()
-    return base, base
+        return base, source.transpose(-1, -2)
+    return base, source
 
 
 def make_tables(T, R, half, requires_grad):
@@ -102,12 +102,9 @@ def test_matches_reference(backend, case, dtype, monkeypatch):
 
     assert_matches(q, rq)
     assert_matches(k, rk)
-    # q and k share one buffer: (2, B, H, N, D) from the kernel, token-major (B, N, 2, H, D) from PyTorch
-    if backend == 'triton':
-        assert q.is_contiguous() and k.is_contiguous() and q.data_ptr() + q.numel() * q.element_size() == k.data_ptr()
-    else:
-        token_major = (N * 2 * H * D, D, 2 * H * D, 1)
-        assert q.stride() == k.stride() == token_major and k.data_ptr() - q.data_ptr() == H * D * q.element_size()
+    # q and k share one token-major (B, N, 2, H, D) buffer
+    token_major = (N * 2 * H * D, D, 2 * H * D, 1)
+    assert q.stride() == k.stride() == token_major and k.data_ptr() - q.data_ptr() == H * D * q.element_size()
     assert v.data_ptr() == rv.data_ptr() and v.stride() == rv.stride()
     assert_matches(dinputs[0], rdinputs[0])
     for table_grad, ref_table_grad in zip(dinputs[1:], rdinputs[1:]):
@@ -137,6 +134,68 @@ def test_pair_order_matches_reference(backend, case, dtype):
         torch.testing.assert_close(table_grad, ref_table_grad)
 
 
+@pytest.mark.parametrize('pairs', [False, True], ids=['rotate_half', 'pair_order'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
+@pytest.mark.parametrize('case', ['vit_cls', 'mixed_48_slice', 'partial_80_strided_dim', 'odd_rot_half'])
+@pytest.mark.parametrize('backend', ['torch', pytest.param('triton', marks=kernel_test)])
+def test_overwrite_qkv_in_training_rotates_in_place(backend, case, dtype, pairs):
+    """``overwrite_qkv`` with autograd recording, as attention trains: q and k are views of qkv's own storage,
+    rotated there, and values and gradients are the reference's; the tables' gradients too, taken from the
+    rotated q and k (for bf16, from their rounded values: to a bf16 rounding of the gradients' scale)."""
+    B, N, H, D, half, T, prefix, layout, tables_learn = CASES[case]
+    torch.manual_seed(0)
+    reference_base, reference = make_qkv(B, N, H, D, layout, dtype)
+    torch.manual_seed(0)  # the same values again, in a projection-like output to overwrite
+    base, qkv = make_qkv(B, N, H, D, layout, dtype, fresh=True)
+    cos, sin = make_tables(T, N - prefix, half, tables_learn)
+    grads = [torch.randn(B, H, N, D, device=DEVICE).to(dtype) for _ in range(3)]
+    (rq, rk, rv), rdinputs = rope_and_grads(lambda *args: rope_qkv_reference(*args, pairs=pairs), reference_base,
+                                            reference, cos, sin, prefix, grads)
+    (q, k, v), dinputs = rope_and_grads(
+        lambda *args: apply_rope(*args, backend=backend, overwrite_qkv=True, pair_order=pairs),
+        base, qkv, cos, sin, prefix, grads)
+    for got, slot in ((q, 0), (k, 1), (v, 2)):
+        view = qkv[:, :, slot].transpose(1, 2)
+        assert got.data_ptr() == view.data_ptr() and got.stride() == view.stride()
+    assert_matches(q, rq)
+    assert_matches(k, rk)
+    assert torch.equal(v, rv)
+    assert_matches(dinputs[0], rdinputs[0])
+    for table_grad, ref_table_grad in zip(dinputs[1:], rdinputs[1:]):
+        # bf16: the rotated q and k were rounded, so each term is off by up to a rounding of bf16
+        tol = {} if dtype == torch.float32 else {'atol': torch.finfo(dtype).eps * float(ref_table_grad.abs().max()),
+                                                 'rtol': 0}
+        torch.testing.assert_close(table_grad, ref_table_grad, **tol)
+
+
+@pytest.mark.parametrize('odd_entry', [None, 0., 1e-40, 1e30])
+@pytest.mark.parametrize('backend', ['torch', pytest.param('triton', marks=kernel_test)])
+def test_overwrite_qkv_in_training_keeps_qkv_where_it_must(backend, odd_entry):
+    """Not in place, so q and k come out in a new buffer and qkv is left as it was, where its base is a leaf
+    that trains (autograd forbids in-place ops there), or where learning tables hold an entry of modulus 0,
+    subnormal or huge (the rotated q and k would not give the unrotated ones back for the table
+    gradients): values and gradients are still the reference's."""
+    B, N, H, D, half, T, prefix = 2, 9, 2, 16, 8, 2, 1
+    torch.manual_seed(0)
+    reference_base, reference = make_qkv(B, N, H, D, 'slice', torch.float32)
+    torch.manual_seed(0)
+    base, qkv = make_qkv(B, N, H, D, 'slice', torch.float32, fresh=odd_entry is not None)
+    cos, sin = (t.detach() for t in make_tables(T, N - prefix, half, False))
+    if odd_entry is not None:
+        cos[1, 3, :2], sin[1, 3, :2] = odd_entry, 0.
+    cos, sin = cos.requires_grad_(), sin.requires_grad_()
+    before = qkv.detach().clone()
+    grads = [torch.randn(B, H, N, D, device=DEVICE) for _ in range(3)]
+    out, dinputs = rope_and_grads(lambda *args: apply_rope(*args, backend=backend, overwrite_qkv=True),
+                                  base, qkv, cos, sin, prefix, grads)
+    assert torch.equal(qkv.detach(), before) and out[0].data_ptr() != qkv[:, :, 0].data_ptr()
+    ref, rdinputs = rope_and_grads(rope_qkv_reference, reference_base, reference, cos, sin, prefix, grads)
+    for a, b in zip(out, ref):
+        assert_matches(a, b)
+    for a, b in zip(dinputs, rdinputs):
+        torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()) + 1e-6, rtol=1e-4)
+
+
 @kernel_test
 def test_reparameterized_model_rotates_by_the_kernel(monkeypatch):
     """A model as timm's ``reparameterize_model`` leaves it, on the Triton backend: the kernel runs in pair
@@ -147,7 +206,7 @@ def test_reparameterized_model_rotates_by_the_kernel(monkeypatch):
     from timm_pe.ops import rope_triton
     monkeypatch.setenv('TIMM_PE_ROPE_BACKEND', 'triton')
     calls, kernel = [], rope_triton.rope_qkv_triton
-    monkeypatch.setattr(rope_triton, 'rope_qkv_triton', lambda *args: calls.append(args[-1]) or kernel(*args))
+    monkeypatch.setattr(rope_triton, 'rope_qkv_triton', lambda *args: calls.append(args[4]) or kernel(*args))
     torch.manual_seed(0)
     model = unit_scale_attention(timm.create_model('vit_tiny_rope_mixed', depth=1, img_size=32, patch_size=8,
                                                    reg_tokens=1)).to(DEVICE)
@@ -161,6 +220,35 @@ def test_reparameterized_model_rotates_by_the_kernel(monkeypatch):
     assert calls == [False, True]
     for a, b in zip(*outs):  # to float32 rounding, relative to each tensor's scale
         torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-4)
+
+
+@kernel_test
+@pytest.mark.parametrize('name', ['vit_tiny_rope_axial', 'vit_tiny_rope_mixed'])
+def test_model_trains_with_the_kernel_rotating_in_place(name, monkeypatch):
+    """A training step on the Triton backend, as on a GPU: autograd keeps what the model with no encoding
+    keeps plus less than one q and k buffer (the kernel rotated q and k in the projection's output), and the
+    loss and every gradient, RoPE-Mixed's frequencies included, are the PyTorch backend's."""
+    import timm
+    from tests.helpers import unit_scale_attention
+    from timm_pe.tools.bench import saved_for_backward_mb
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    saved, grads = {}, {}
+    for backend in ('triton', 'torch'):
+        monkeypatch.setenv('TIMM_PE_ROPE_BACKEND', backend)
+        for model_name in ('vit_tiny_nope', name):
+            torch.manual_seed(0)
+            model = unit_scale_attention(timm.create_model(model_name, depth=1, embed_dim=32, num_heads=2,
+                                                           img_size=32, patch_size=4)).to(DEVICE).train()
+            saved[backend, model_name] = 2 ** 20 * saved_for_backward_mb(model, lambda: model(x))
+        model.zero_grad()
+        model(x).square().mean().backward()
+        grads[backend] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    qk_bytes = 4 * x.shape[0] * (model.patch_embed.num_patches + 1) * 2 * model.embed_dim
+    nope = saved['triton', 'vit_tiny_nope']
+    assert nope <= saved['triton', name] < nope + qk_bytes
+    assert any('freqs' in n for n in grads['torch']) == name.endswith('mixed')
+    for n, want in grads['torch'].items():
+        torch.testing.assert_close(grads['triton'][n], want, atol=1e-5, rtol=1e-4, msg=n)
 
 
 @kernel_test

@@ -144,17 +144,19 @@ class PositionalAttention(nn.Module):
 
         Where nothing observes the qkv projection, float32 on the CPU (inference and training) folds the
         rotation into a pair-ordered copy of a plain ``nn.Linear`` projection (``rope_qkv_projected``), and
-        other inference lets ``apply_rope`` rotate q and k in the fresh projection output. Where a hook sees
+        elsewhere ``apply_rope`` rotates q and k in the fresh projection output (in training, only a plain
+        ``nn.Linear``'s). Where a hook sees
         the projection (forward hook or pre-hook), it runs as called and its output is left as it wrote it;
         a projection that is not a plain ``nn.Linear`` (LoRA, parametrized, quantized, or with its
         ``forward`` replaced on the instance, as accelerate's offloading does) is called too. A
         reparameterized projection is called as it is, already in pair order.
         """
-        overwrite = unobserved(self.qkv)
+        plain_linear = type(self.qkv) is nn.Linear and 'forward' not in vars(self.qkv)
+        # in training, only a plain linear layer is known to save nothing of its output for its backward
+        overwrite = unobserved(self.qkv) and (plain_linear or not torch.is_grad_enabled())
         if self.qkv_pair_order:
             return apply_rope(self._project(x), cos, sin, self.num_prefix_tokens, None, overwrite, pair_order=True)
-        if overwrite and type(self.qkv) is nn.Linear and 'forward' not in vars(self.qkv) and \
-                projected_rope_applies(x, self.qkv.weight, self.qkv.bias, cos, sin):
+        if overwrite and plain_linear and projected_rope_applies(x, self.qkv.weight, self.qkv.bias, cos, sin):
             return rope_qkv_projected(x, self.qkv.weight, self.qkv.bias, cos, sin, self.num_heads,
                                       self.num_prefix_tokens)
         return apply_rope(self._project(x), cos, sin, self.num_prefix_tokens, None, overwrite)

@@ -54,8 +54,8 @@ def apply_rope(
         backend: 'auto' (Triton on CUDA, PyTorch elsewhere), 'torch' or 'triton'; defaults to
             ``$TIMM_PE_ROPE_BACKEND`` or 'auto'.
         overwrite_qkv: the caller's promise that nothing else reads qkv's q and k (a fresh projection
-            output): the PyTorch path may then rotate them in qkv's storage when no gradient is recorded,
-            and return views of it.
+            output, which no op saved for its backward): eager, q and k are then rotated in qkv's storage,
+            in training too, and returned as views of it.
         pair_order: q's and k's dims are in ``rope_torch.pair_order`` (a reparameterized projection): each
             rotated pair side by side (dims 2j, 2j + 1) rather than rotate-half (j, j + rot_dim // 2). q and
             k come out in that order; their dot products are the rotate-half ones.
@@ -85,7 +85,7 @@ def _apply_rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_pre
             f'{num_prefix_tokens} prefix tokens, got cos {tuple(cos.shape)} and sin {tuple(sin.shape)}')
     if _resolve_backend(backend, qkv.device) == 'triton':
         from .rope_triton import rope_qkv_triton
-        return rope_qkv_triton(qkv, cos, sin, num_prefix_tokens, pair_order)
+        return rope_qkv_triton(qkv, cos, sin, num_prefix_tokens, pair_order, overwrite_qkv)
     if pair_order:
         return rope_qkv_pairs(qkv, cos, sin, num_prefix_tokens, overwrite_qkv)
     return rope_qkv_torch(qkv, cos, sin, num_prefix_tokens, overwrite_qkv)

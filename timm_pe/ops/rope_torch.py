@@ -17,7 +17,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from ..layers.grid import derived_table
-from .rope_autograd import records_grad, rope_qkv_eager, v_view
+from .rope_autograd import records_grad, rope_qkv_eager, tables_invertible, unrotated_table_grads, v_view
 
 # Elements of the rotated region per eager step and intra-op thread (1 MiB of float32): a chunk's scratch and
 # table rows stay in cache, and a many-core machine still splits every op across all its threads.
@@ -129,16 +129,13 @@ def _table_grads(xs, gs, cos: torch.Tensor, num_prefix_tokens: int) -> Tuple[tor
     return dcos.transpose(0, 1).sum_to_size(cos.shape), dsin.transpose(0, 1).sum_to_size(cos.shape)
 
 
-def rope_forward_torch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
-    """Rotated q and k of a (B, N, 3, heads, head_dim) qkv as one (2, B, heads, N, head_dim) tensor.
-
-    Written token-major, (B, N, 2, heads, head_dim) in memory like qkv itself (the returned tensor is a
-    permuted view), so reads and writes run along whole tokens; SDPA takes q and k in any strides.
-    """
-    B, N, _, H, D = qkv.shape
-    out = qkv.new_empty((B, N, 2, H, D))
-    _rope_into(qkv[:, :, :2], out, wide_tables(cos, sin, H), num_prefix_tokens)
-    return out.permute(2, 0, 3, 1, 4)
+def rope_forward_torch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_prefix_tokens: int,
+                       out: Optional[torch.Tensor]) -> None:
+    """q and k of a (B, N, 3, heads, head_dim) qkv rotated into a token-major (B, N, 2, heads, head_dim) ``out``,
+    or into qkv itself where out is None: reads and writes run along whole tokens (SDPA takes q and k in any
+    strides)."""
+    qk = qkv[:, :, :2]
+    _rope_into(qk, qk if out is None else out, wide_tables(cos, sin, qkv.shape[3]), num_prefix_tokens)
 
 
 def rope_backward_torch(grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor,
@@ -197,19 +194,14 @@ def rope_qkv_torch(
     """Rotate q and k straight from the fused qkv; v is returned as a view.
 
     Eager, q and k are written token-major into one (B, N, 2, heads, head_dim) buffer in cache-sized chunks,
-    with no concatenation, no table rebuild and no full-size temporaries; with ``overwrite_qkv`` and no
-    gradient recorded, into qkv's own q and k slots instead (no new buffer: the pass then moves half the
-    bytes). Under torch.compile (which cannot trace strided out= writes) it is the plain expression:
+    with no concatenation, no table rebuild and no full-size temporaries; with ``overwrite_qkv``, into qkv's own
+    q and k slots instead (no new buffer, in training too). Under torch.compile (which cannot trace strided out= writes) it is the plain expression:
     Inductor fuses the rotation into one loop, plus a copy behind the prefix. benchmarks/rope.py measures
     both against timm.
     """
     if torch.compiler.is_compiling():
         return rope_qkv_expression(qkv, cos, sin, num_prefix_tokens)
-    if overwrite_qkv and not records_grad(qkv, cos, sin):
-        qk = qkv[:, :, :2]
-        _rope_into(qk, qk, wide_tables(cos, sin, qkv.shape[3]), num_prefix_tokens)
-        return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), v_view(qkv)
-    return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, rope_forward_torch, rope_backward_torch)
+    return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, rope_forward_torch, rope_backward_torch, overwrite_qkv)
 
 
 @functools.lru_cache(maxsize=None)
@@ -278,12 +270,11 @@ class _ProjectedRope(torch.autograd.Function):
     def forward(ctx, x, weight, bias, cos, sin, rows, heads, num_prefix_tokens):
         p = num_prefix_tokens
         qkv = _gathered_projection(x, weight, bias, rows, heads)
-        qk, table = qkv[:, :, :2], complex_tables(cos, sin)
+        qk = qkv[:, :, :2]
         table_grad = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
-        modulus = table.abs() if table_grad else None
-        unrotated = table_grad and not bool(((modulus >= 2 ** -20) & (modulus <= 2 ** 20)).all())
+        unrotated = table_grad and not tables_invertible(cos, sin)
         kept = qk.clone().permute(2, 0, 3, 1, 4).unbind(0) if unrotated else None  # (B, heads, N, head_dim) q, k
-        _rotate_pairs_into(qk, qk, table, p)
+        _rotate_pairs_into(qk, qk, complex_tables(cos, sin), p)
         q, k, v = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), v_view(qkv)
         ctx.save_for_backward(x, weight, rows, cos, sin, *((kept or (q, k)) if table_grad else ()))
         ctx.has_bias, ctx.num_prefix_tokens = bias is not None, p
@@ -297,9 +288,10 @@ class _ProjectedRope(torch.autograd.Function):
         p = ctx.num_prefix_tokens
         dx = dweight = dbias = dcos = dsin = None
         if xs:  # the table gradients, from token-major views
-            rotated_by = complex_tables(cos, sin)[:, 0] if ctx.saved_rotated else None
             dcos, dsin = _pair_table_grads([g.transpose(1, 2) for g in (grad_q, grad_k)],
-                                           [t.transpose(1, 2) for t in xs], cos.shape, p, rotated_by)
+                                           [t.transpose(1, 2) for t in xs], cos.shape, p)
+            if ctx.saved_rotated:
+                dcos, dsin = unrotated_table_grads(dcos, dsin, cos, sin)
         if not any(ctx.needs_input_grad[:3]):  # the tables alone train
             return dx, dweight, dbias, dcos, dsin, None, None, None
         dqkv = rope_pairs_backward_torch(grad_q, grad_k, grad_v, None, cos, sin, p)[0]
@@ -343,14 +335,12 @@ def _rotate_pairs_into(y: torch.Tensor, x: torch.Tensor, table: torch.Tensor, nu
         y.copy_(torch.view_as_real(_complex_pairs(x) * table).flatten(-2))
 
 
-def rope_pairs_forward_torch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                             num_prefix_tokens: int) -> torch.Tensor:
-    """Rotated q and k of a (B, N, 3, heads, head_dim) qkv in ``pair_order``, as one (2, B, heads, N, head_dim)
-    view of a token-major buffer: one complex multiply, prefix and unrotated dims copied."""
-    B, N, _, H, D = qkv.shape
-    out = qkv.new_empty((B, N, 2, H, D))
-    _rotate_pairs_into(out, qkv[:, :, :2], complex_tables(cos, sin), num_prefix_tokens)
-    return out.permute(2, 0, 3, 1, 4)
+def rope_pairs_forward_torch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_prefix_tokens: int,
+                             out: Optional[torch.Tensor]) -> None:
+    """``rope_forward_torch`` for q and k in ``pair_order``: one complex multiply, prefix and unrotated dims
+    copied where out is not qkv."""
+    qk = qkv[:, :, :2]
+    _rotate_pairs_into(qk if out is None else out, qk, complex_tables(cos, sin), num_prefix_tokens)
 
 
 def rope_pairs_backward_torch(grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor,
@@ -371,20 +361,16 @@ def rope_pairs_backward_torch(grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v
     return [dqkv, *_pair_table_grads(gs, (qkv[:, :, 0], qkv[:, :, 1]), cos.shape, p)]
 
 
-def _pair_table_grads(gs, xs, shape: torch.Size, num_prefix_tokens: int,
-                      rotated_by: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def _pair_table_grads(gs, xs, shape: torch.Size, num_prefix_tokens: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """dcos + i dsin = the sum of g * conj(x) over q and k and the batch, for token-major (B, N, heads,
     head_dim) g and x in pair order: each batch entry accumulated by ``addcmul_`` into one cache-resident
-    (rows, heads, rot / 2) sum, as ``_table_grads``. With ``rotated_by`` the (rows, 1 or heads, rot / 2)
-    complex table t, x is the rotated x t, and the sum is divided by conj(t)."""
+    (rows, heads, rot / 2) sum, as ``_table_grads``."""
     p, B, N, H, _ = num_prefix_tokens, *gs[0].shape
     rot = 2 * shape[-1]
     sums = torch.zeros((N - p, H, rot // 2), dtype=torch.complex64, device=gs[0].device)
     for g, x in zip(gs, xs):
         for b in range(B):
             sums.addcmul_(_complex_pairs(g[b, p:, :, :rot]), _complex_pairs(x[b, p:, :, :rot]).conj())
-    if rotated_by is not None:
-        sums.div_(rotated_by.conj())
     sums = sums.transpose(0, 1)
     return sums.real.sum_to_size(shape), sums.imag.sum_to_size(shape)
 
@@ -400,14 +386,11 @@ def rope_qkv_pairs(
     or gathered projection), with q and k rotated; v is a view.
 
     Eager, the rotation is complex multiplies in float32, rounded once to qkv's dtype: with ``overwrite_qkv``
-    (nothing else reads qkv) and no gradient recorded, in qkv's own storage; else into a new buffer, in the
-    autograd node ``rope_qkv_torch`` uses, whose backward multiplies by the conjugate. Under ``torch.compile``
+    (nothing else reads qkv) in qkv's own storage, else into a new buffer; with autograd in the node
+    ``rope_qkv_torch`` uses, whose backward multiplies by the conjugate. Under ``torch.compile``
     and export, and for float64, it is an expression.
     """
     if qkv.dtype not in (torch.float32, torch.float16, torch.bfloat16) or torch.compiler.is_compiling():
         return rope_qkv_expression(qkv, cos, sin, num_prefix_tokens, pairs=True)
-    if overwrite_qkv and not records_grad(qkv, cos, sin):
-        qk = qkv[:, :, :2]
-        _rotate_pairs_into(qk, qk, complex_tables(cos, sin), num_prefix_tokens)
-        return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), v_view(qkv)
-    return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, rope_pairs_forward_torch, rope_pairs_backward_torch)
+    return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, rope_pairs_forward_torch, rope_pairs_backward_torch,
+                          overwrite_qkv)

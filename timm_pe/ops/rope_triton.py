@@ -83,11 +83,12 @@ def _rope_tile(COS, SIN, pid_n, h, N, P, HALF, stride_th, stride_tn, PAIRS: tl.c
 def _rope_fwd_kernel(
         QKV, OUT, COS, SIN, N, D, P, HALF,
         stride_xb, stride_xn, stride_x3, stride_xh, stride_xd,
-        stride_y2, stride_yb, stride_yh, stride_yn,
+        stride_y2, stride_yb, stride_yh, stride_yn, stride_yd,
         stride_th, stride_tn,
         PAIRS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin for q and k of one (token block, head, batch)."""
+    """y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin for q and k of one (token block, head, batch); OUT may be
+    QKV itself (each program reads its tile and its partners before writing them)."""
     pid_n, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     n, d, lower, rot, partner, _, c, s = _rope_tile(COS, SIN, pid_n, h, N, P, HALF, stride_th, stride_tn, PAIRS,
                                                     BLOCK_N, BLOCK_D)
@@ -98,7 +99,7 @@ def _rope_fwd_kernel(
         x = tl.load(x_ptr + d * stride_xd, mask=mask).to(tl.float32)
         x_partner = tl.load(x_ptr + partner * stride_xd, mask=rot).to(tl.float32)
         y = tl.where(rot, x * c + x_partner * s, x)
-        y_ptr = OUT + i * stride_y2 + b * stride_yb + h * stride_yh + n * stride_yn + d
+        y_ptr = OUT + i * stride_y2 + b * stride_yb + h * stride_yh + n * stride_yn + d * stride_yd
         tl.store(y_ptr, y.to(OUT.dtype.element_ty), mask=mask)
 
 
@@ -166,17 +167,29 @@ def _grid(B: int, N: int, H: int):
     return lambda meta: (triton.cdiv(N, meta['BLOCK_N']), H, B)
 
 
+def _rope_forward(qkv: Tensor, cos: Tensor, sin: Tensor, num_prefix_tokens: int, out: Optional[Tensor],
+                  pairs: bool = False) -> None:
+    """q and k of qkv (B, N, 3, heads, head_dim) rotated into out (B, N, 2, heads, head_dim), any strides, or
+    into qkv itself where out is None (``rope_autograd.RopeForward``); ``pairs``: q's and k's dims in
+    ``rope_torch.pair_order``."""
+    B, N, _, H, D = qkv.shape
+    out = qkv[:, :, :2] if out is None else out
+    cos, sin = cos.contiguous(), sin.contiguous()
+    stride_yb, stride_yn, stride_y2, stride_yh, stride_yd = out.stride()
+    with torch.cuda.device_of(qkv):
+        _rope_fwd_kernel[_grid(B, N, H)](
+            qkv, out, cos, sin, N, D, num_prefix_tokens, cos.shape[-1], *qkv.stride(),
+            stride_y2, stride_yb, stride_yh, stride_yn, stride_yd, *_table_strides(cos),
+            PAIRS=pairs, BLOCK_D=triton.next_power_of_2(D))
+
+
 @torch.library.custom_op('timm_pe::rope_qkv', mutates_args=())
 def _rope_qkv(qkv: Tensor, cos: Tensor, sin: Tensor, num_prefix_tokens: int, pairs: bool = False) -> Tensor:
     """Rotated q and k as one (2, B, heads, N, head_dim) buffer (ops may not return views of qkv); ``pairs``:
     q's and k's dims in ``rope_torch.pair_order``."""
     B, N, _, H, D = qkv.shape
-    cos, sin = cos.contiguous(), sin.contiguous()
     out = qkv.new_empty((2, B, H, N, D))
-    with torch.cuda.device_of(qkv):
-        _rope_fwd_kernel[_grid(B, N, H)](
-            qkv, out, cos, sin, N, D, num_prefix_tokens, cos.shape[-1],
-            *qkv.stride(), *out.stride()[:4], *_table_strides(cos), PAIRS=pairs, BLOCK_D=triton.next_power_of_2(D))
+    _rope_forward(qkv, cos, sin, num_prefix_tokens, out.permute(1, 3, 0, 2, 4), pairs)
     return out
 
 
@@ -245,14 +258,16 @@ def rope_qkv_triton(
         sin: Tensor,
         num_prefix_tokens: int = 0,
         pairs: bool = False,
+        overwrite_qkv: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Triton counterpart of ``rope_qkv_torch`` (with ``pairs``, of ``rope_qkv_pairs``): q, k rotated in one
-    launch; v a view of qkv, never copied.
+    launch, with ``overwrite_qkv`` in qkv's own storage; v a view of qkv, never copied.
 
-    Traced (torch.compile, FX) it is the custom op; eager, the shared autograd node around the same ops.
+    Traced (torch.compile, FX) it is the functional custom op; eager, the shared autograd node around the
+    same kernels.
     """
     if torch.compiler.is_compiling() or fx_symbolic_tracing():
         qk = torch.ops.timm_pe.rope_qkv(qkv, cos, sin, num_prefix_tokens, pairs)
         return qk[0], qk[1], v_view(qkv)
-    return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, functools.partial(torch.ops.timm_pe.rope_qkv, pairs=pairs),
-                          functools.partial(torch.ops.timm_pe.rope_qkv_backward, pairs=pairs))
+    return rope_qkv_eager(qkv, cos, sin, num_prefix_tokens, functools.partial(_rope_forward, pairs=pairs),
+                          functools.partial(torch.ops.timm_pe.rope_qkv_backward, pairs=pairs), overwrite_qkv)

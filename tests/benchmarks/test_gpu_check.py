@@ -27,10 +27,11 @@ def test_gpu_check_smoke(tmp_path):
     correctness = read(tmp_path / 'correctness.csv')
     assert len(correctness) > 20 and all(r['ok'] == 'True' for r in correctness)
     assert {r['dtype'] for r in correctness} >= {'float32', 'bfloat16'}
+    assert {r['in_place'] for r in correctness if r.get('in_place')} == {'True', 'False'}  # both forms checked
 
     speed = read(tmp_path / 'kernel_speed.csv')
-    assert {r['impl'] for r in speed} == {'copy', 'timm_eva', 'plain_compiled', 'triton', 'triton_fwd_bwd',
-                                         'plain_compiled_fwd_bwd'}
+    assert {r['impl'] for r in speed} == {'copy', 'timm_eva', 'plain_compiled', 'triton', 'triton_in_place',
+                                         'triton_fwd_bwd', 'plain_compiled_fwd_bwd'}
     assert all(float(r['median_ms']) > 0 for r in speed)
 
     thesis = read(tmp_path / 'thesis.csv')

@@ -132,6 +132,18 @@ def test_onnx_swin(enc, tmp_path):
     run_onnx(model, torch.randn(1, 3, 128, 128), None, tmp_path, [torch.randn(1, 3, 128, 128)])
 
 
+@pytest.mark.parametrize('name', ['vit_tiny_rope_axial', 'vit_tiny_rope_mixed', 'swin_tiny_rope_mixed'])
+def test_meta_device_forward_and_backward(name):
+    """Shape inference on the meta device runs a training step too (learning tables included), as timm's own
+    tests do: nothing asks a meta tensor for a value."""
+    kwargs = dict(depth=1) if name.startswith('vit') else dict(depths=(1, 1, 1, 1))
+    model = timm.create_model(name, device='meta', **kwargs).train()
+    out = model(torch.randn(2, 3, 224, 224, device='meta'))
+    out.sum().backward()
+    assert out.shape == (2, 1000) and all(p.grad is not None and p.grad.device.type == 'meta'
+                                          for p in model.parameters() if p.requires_grad)
+
+
 @pytest.mark.parametrize('name', ['vit_tiny_rope_mixed', 'vit_tiny_rpb', 'swin_tiny_rope_mixed', 'swin_tiny_rpb'])
 def test_meta_device_then_to_empty_and_init_weights(name):
     kwargs = dict(depth=2) if name.startswith('vit') else dict(depths=(1, 1, 1, 1))

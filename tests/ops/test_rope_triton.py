@@ -197,6 +197,37 @@ def test_overwrite_qkv_in_training_keeps_qkv_where_it_must(backend, odd_entry):
 
 
 @kernel_test
+@pytest.mark.parametrize('training', [False, True], ids=['inference', 'training'])
+def test_autotuning_an_in_place_launch_gives_the_reference(training, monkeypatch):
+    """On a GPU the first launch of each key times every surviving config by running the launch again and again;
+    an in-place rotation must start from its input each time, or q and k come out rotated many times over.
+    Here the autotuner is made to do the same (two configs, each run three times by the timer)."""
+    from timm_pe.ops import rope_triton
+    kernel = rope_triton._rope_fwd_kernel
+
+    def timer_running_each_config_three_times(kernel_call, quantiles):
+        for _ in range(3):
+            kernel_call()
+        return [1.] * len(quantiles)
+
+    monkeypatch.setattr(kernel, 'cache', {})  # Triton's autotuner internals: a fresh key, two configs to time
+    monkeypatch.setattr(kernel, 'early_config_prune', lambda configs, named_args, **kwargs: configs[:2])
+    monkeypatch.setattr(kernel, 'do_bench', timer_running_each_config_three_times)
+    B, N, H, D, half, T, prefix, layout, tables_learn = CASES['vit_cls']
+    torch.manual_seed(0)
+    reference_base, reference = make_qkv(B, N, H, D, layout, torch.float32)
+    torch.manual_seed(0)
+    base, qkv = make_qkv(B, N, H, D, layout, torch.float32, fresh=True)
+    cos, sin = make_tables(T, N - prefix, half, False)
+    with torch.set_grad_enabled(training):
+        q, k, _ = apply_rope(qkv, cos, sin, prefix, backend='triton', overwrite_qkv=True)
+    rq, rk, _ = rope_qkv_reference(reference, cos, sin, prefix)
+    assert len(kernel.cache) == 1 and q.data_ptr() == qkv[:, :, 0].data_ptr()
+    assert_matches(q, rq)
+    assert_matches(k, rk)
+
+
+@kernel_test
 def test_reparameterized_model_rotates_by_the_kernel(monkeypatch):
     """A model as timm's ``reparameterize_model`` leaves it, on the Triton backend: the kernel runs in pair
     order and the outputs and gradients are the plain model's."""

@@ -48,11 +48,11 @@ def _untimed(kernel_call, quantiles):
     return [0.] * len(quantiles)
 
 
-def _autotune(*keys):
+def _autotune(*keys, restore_value=None):
     # the interpreter keeps one config and has no device to time it on; Triton before 3.8 would time it anyway
     do_bench = _untimed if os.environ.get('TRITON_INTERPRET') == '1' else None
     return triton.autotune(configs=_CONFIGS, key=['D', *keys], prune_configs_by={'early_config_prune': _prune_configs},
-                           do_bench=do_bench)
+                           do_bench=do_bench, restore_value=restore_value)
 
 
 @triton.jit
@@ -78,7 +78,8 @@ def _rope_tile(COS, SIN, pid_n, h, N, P, HALF, stride_th, stride_tn, PAIRS: tl.c
     return n, d, lower, rot, partner, col, c, s
 
 
-@_autotune('PAIRS')
+# timing a config runs the launch many times: an in-place one (OUT in QKV) must get its input back each time
+@_autotune('PAIRS', restore_value=['QKV'])
 @triton.jit
 def _rope_fwd_kernel(
         QKV, OUT, COS, SIN, N, D, P, HALF,

@@ -348,6 +348,40 @@ def test_fx_symbolic_trace_keeps_one_op_node():
         assert_matches(a, b)
 
 
+# (kernel, constexpr flags); each compiled for one activation dtype, tile height, head-dim block and warp count
+COMPILED_VARIANTS = [('_rope_fwd_kernel', dict(PAIRS=pairs)) for pairs in (False, True)] + [
+    ('_rope_bwd_kernel', dict(TABLE_GRAD=table_grad, HAS_DV=has_dv, PAIRS=pairs))
+    for table_grad in (False, True) for has_dv in (False, True) for pairs in (False, True)]
+ACTIVATION_POINTERS = {'QKV', 'OUT', 'DQ', 'DK', 'DV', 'DQKV'}
+TABLE_POINTERS = {'COS', 'SIN', 'DCOS', 'DSIN'}  # float32
+
+
+@pytest.mark.triton_compiler
+@pytest.mark.parametrize('dtype', ['fp32', 'fp16', 'bf16'])
+@pytest.mark.parametrize('index', range(len(COMPILED_VARIANTS)),
+                         ids=[f'{name[6:9]}-' + '-'.join(f'{k}{int(v)}' for k, v in flags.items())
+                              for name, flags in COMPILED_VARIANTS])
+def test_kernel_compiles_for_hopper(index, dtype):
+    """Triton's compiler, which the interpreter never runs, takes every kernel variant down to sm_90 machine
+    code (no GPU needed): type, layout and register-allocation errors the interpreter lets pass fail here.
+    The tile configs and head-dim blocks the autotuner and the launcher may pick are spread over the cases."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from timm_pe.ops import rope_triton
+    name, flags = COMPILED_VARIANTS[index]
+    kernel = getattr(rope_triton, name).fn  # the JITFunction under the autotuner
+    config = rope_triton._CONFIGS[(3 * index + len(dtype)) % len(rope_triton._CONFIGS)]
+    block_d = (32, 64, 128)[index % 3]
+    signature = {p.name: 'constexpr' if p.is_constexpr else
+                 f'*{dtype}' if p.name in ACTIVATION_POINTERS else
+                 '*fp32' if p.name in TABLE_POINTERS else 'i32'
+                 for p in kernel.params}
+    source = ASTSource(kernel, signature, constexprs=dict(flags, BLOCK_D=block_d, **config.kwargs))
+    compiled = triton.compile(source, target=GPUTarget('cuda', 90, 32), options=dict(num_warps=config.num_warps))
+    assert compiled.asm['cubin'] and '.target sm_90' in compiled.asm['ptx']
+
+
 @pytest.mark.kernel_runner
 def test_kernels_in_child_interpreter():
     root = os.path.dirname(os.path.dirname(os.path.abspath(timm_pe.__file__)))

@@ -10,8 +10,11 @@ the timm that CI tests, carried as a wheel), as one device ``run`` with ``carry`
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit; set -o pipefail;
     PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu --out $OUT 2>&1 | tee $OUT/gpu.log
 
-It is sized to finish in about 5 minutes on one H200 (``--budget-s`` stops starting model rows past
-that many seconds and records them as skipped). Run without the wheel, it stops at once if the image's
+It is sized to finish in 5 to 6 minutes on one H200 (an estimate: it has not run on a GPU yet). Every compile of
+a kernel specialization costs about a second there, so the correctness cases meet every pair of factor values
+(not their whole product) and pin one tile config each, 86 compiles in all (``tests/benchmarks`` counts them);
+the speed and thesis sections autotune from empty caches; ``--budget-s`` stops starting thesis groups that many
+seconds after the first (the rest are recorded as skipped). Run without the wheel, it stops at once if the image's
 timm is older than pyproject.toml's floor. The smoke run below passes with Triton 3.6, the image's.
 ``--smoke`` runs the same code paths on CPU in seconds (the kernel under ``TRITON_INTERPRET=1``, tiny
 shapes, a plain timer for ``do_bench``); the test suite runs it so the script cannot rot.
@@ -20,7 +23,7 @@ Writes under ``--out``: ``correctness.csv`` (every case's max error, in ulps for
 the poisoned outputs were fully overwritten), ``kernel_speed.csv`` / ``.png`` (median ms, effective GB/s,
 fraction of a device copy of the same bytes, speedup over timm and over torch.compile), ``thesis.csv`` /
 ``.png`` (throughput, step time, ratio to APE, peak memory and the SDPA backend each model ran),
-``autotune.csv`` (the config Triton picked per key) and ``env.json``. A case, timing or model group that
+``autotune.csv`` (the config Triton picked per key, per section) and ``env.json``. A case, timing or model group that
 raises is recorded (its row says so, the traceback goes to ``errors.txt``) and the run goes on, so one
 failure costs its own figure only. Exit status 1 if any correctness case fails or anything raised.
 """
@@ -44,7 +47,8 @@ def parse_args(argv=None):
     parser.add_argument('--smoke', action='store_true', help='CPU, interpreter, tiny shapes: seconds')
     parser.add_argument('--sections', nargs='+', default=['correctness', 'speed', 'thesis'],
                         choices=['correctness', 'speed', 'thesis'])
-    parser.add_argument('--budget-s', type=float, default=300., help='no new thesis row starts past this')
+    parser.add_argument('--budget-s', type=float, default=180.,
+                        help='no new thesis group starts this many seconds after the first')
     return parser.parse_args(argv)
 
 
@@ -61,7 +65,7 @@ if ARGS is not None and tuple(int(p) for p in timm.__version__.split('.')[:3] if
              "script's docstring)")
 
 import timm_pe  # noqa: E402,F401
-from timm_pe.ops import apply_rope  # noqa: E402
+from timm_pe.ops import apply_rope, rope_triton  # noqa: E402
 from timm_pe.tools.bench import cuda_peak_memory_mb  # noqa: E402
 from timm_pe.tools.common import pyplot, write_csv  # noqa: E402
 from timm_pe.tools.timing import interleaved_times, model_steps  # noqa: E402
@@ -125,28 +129,67 @@ def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float(err.nan_to_num(float('inf')).max())
 
 
-def correctness_cases(smoke: bool) -> List[dict]:
-    """Head dims x prefix x full/partial rotation x layout x dtype, tables per head (learning) or shared; some in
-    pair order, and some rotated in place (``overwrite_qkv``, as attention calls it)."""
-    dtypes = (torch.float32, torch.bfloat16) if smoke else (torch.float32, torch.float16, torch.bfloat16)
-    head_dims = (32, 48) if smoke else HEAD_DIMS
-    prefixes = (0, 5) if smoke else (0, 1, 5)
+def covering_cases(factors: Dict[str, tuple]) -> List[dict]:
+    """Cases in which every value of each factor meets every value of each other factor at least once (all-pairs
+    testing, built greedily): a few dozen cases find what the full product's thousands would find of faults that
+    need two factors to show, and each case is a kernel compile on the GPU."""
+    names = list(factors)
+
+    def pairs(case):
+        return {(a, case[a], b, case[b]) for i, a in enumerate(names) for b in names[i + 1:] if a in case and b in case}
+
+    uncovered = {(a, va, b, vb): None for i, a in enumerate(names) for b in names[i + 1:]
+                 for va in factors[a] for vb in factors[b]}  # a dict: insertion order keeps the result fixed
     cases = []
-    for dtype in dtypes:
-        for D in head_dims:
-            for prefix in prefixes:
-                for rot in ('full', 'partial'):
-                    for layout in ('contiguous', 'slice'):
-                        half = D // 2 if rot == 'full' else D // 4
-                        cases.append(dict(dtype=dtype, D=D, prefix=prefix, rot=rot, half=half, layout=layout,
-                                          B=2, N=prefix + (13 if smoke else 37), H=3,
-                                          table_heads=3 if layout == 'slice' else 1, tables_learn=rot == 'full',
-                                          pairs=False, overwrite=False))
-    # pair order (reparameterized layers), at one head dim: a few more kernel variants to compile
-    cases += [dict(c, pairs=True) for c in cases if c['D'] == 48 and c['prefix'] == 5 and c['dtype'] != torch.float16]
-    # in place, at one head dim: the same kernels with qkv's own strides for the output
-    cases += [dict(c, overwrite=True) for c in cases if c['D'] == 48 and c['prefix'] == 5]
+    while uncovered:
+        a, va, b, vb = next(iter(uncovered))
+        case = {a: va, b: vb}
+        for name in names:
+            if name not in case:
+                case[name] = max(factors[name], key=lambda v: len(pairs({**case, name: v}).intersection(uncovered)))
+        for pair in pairs(case):
+            uncovered.pop(pair, None)
+        cases.append({name: case[name] for name in names})
     return cases
+
+
+def correctness_factors(smoke: bool) -> Dict[str, tuple]:
+    """Head dim, tile config (an index into the kernels' config list), dtype, prefix tokens, full or partial
+    rotation, qkv contiguous or a slice of a wider output, token count, tables shared or per head, fixed or
+    learning, rotate-half or pair order, out of place or in place."""
+    configs = tuple(range(len(rope_triton._CONFIGS)))
+    return dict(D=(32, 48) if smoke else HEAD_DIMS, config=configs[::2] if smoke else configs,
+                dtype=(torch.float32, torch.bfloat16) if smoke else (torch.float32, torch.float16, torch.bfloat16),
+                prefix=(0, 5) if smoke else (0, 1, 5), rot=('full', 'partial'), layout=('contiguous', 'slice'),
+                tokens=(13, 37) if smoke else (13, 37, 197), table_heads=(1, 3), tables_learn=(False, True),
+                pairs=(False, True), overwrite=(False, True))
+
+
+def correctness_cases(smoke: bool) -> List[dict]:
+    """Every pair of values of ``correctness_factors``; then one in-place case autotuned from a fresh key, as a
+    first call on a GPU is (every config timed on the live input)."""
+    cases = covering_cases(correctness_factors(smoke))
+    cases.append(dict(cases[0], config='autotuned', overwrite=True))
+    return [dict(case, B=2, H=3, N=case['prefix'] + case['tokens'], half=case['D'] // (2 if case['rot'] == 'full' else 4))
+            for case in cases]
+
+
+@contextlib.contextmanager
+def kernel_config(config) -> Iterator[None]:
+    """Both kernels launch with ``rope_triton._CONFIGS[config]`` alone, untimed, or with ``'autotuned'`` from empty
+    autotuner caches (Triton's ``Autotuner.configs`` and ``.cache``)."""
+    kernels = (rope_triton._rope_fwd_kernel, rope_triton._rope_bwd_kernel)
+    saved = [(k.configs, k.cache) for k in kernels]
+    for k in kernels:
+        if config == 'autotuned':
+            k.cache = {}
+        else:
+            k.configs = [rope_triton._CONFIGS[config]]
+    try:
+        yield
+    finally:
+        for k, (configs, cache) in zip(kernels, saved):
+            k.configs, k.cache = configs, cache
 
 
 def make_inputs(case: dict, device: torch.device):
@@ -168,7 +211,7 @@ def run_case(case: dict, device: torch.device) -> dict:
     inputs = [base] + [t for t in (cos, sin) if t.requires_grad]
     ref = rope_qkv_reference(qkv, cos, sin, case['prefix'], pairs=case['pairs'])
     dref = torch.autograd.grad(ref, inputs, grads, retain_graph=True)  # qkv's own graph serves once more
-    with poisoned_allocations():
+    with poisoned_allocations(), kernel_config(case['config']):
         out = apply_rope(qkv, cos, sin, case['prefix'], backend='triton', pair_order=case['pairs'],
                          overwrite_qkv=case['overwrite'])
         dout = torch.autograd.grad(out, inputs, grads)
@@ -328,13 +371,12 @@ def plot_speed(rows: List[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def autotune_rows() -> List[dict]:
-    """The config the autotuner settled on per key (head dim, variant flags, argument dtypes)."""
-    from timm_pe.ops import rope_triton
+def autotune_rows(section: str) -> List[dict]:
+    """The config the autotuner settled on per key (head dim, variant flags, argument dtypes) in a section."""
     rows = []
     for name in ('_rope_fwd_kernel', '_rope_bwd_kernel'):
-        for key, config in getattr(getattr(rope_triton, name), 'cache', {}).items():
-            rows.append(dict(kernel=name, key=str(key), block_n=config.kwargs.get('BLOCK_N'),
+        for key, config in getattr(rope_triton, name).cache.items():
+            rows.append(dict(section=section, kernel=name, key=str(key), block_n=config.kwargs.get('BLOCK_N'),
                              num_warps=config.num_warps, num_stages=config.num_stages))
     return rows
 
@@ -358,16 +400,16 @@ def thesis_groups(smoke: bool):
         return [('vit_tiny', [f'vit_tiny_{e}' for e in ENCODINGS], 32, 2, 2, kw),
                 ('swin_tiny', ['swin_tiny_rpb', 'swin_tiny_rope_axial'], 64, 1, 1,
                  dict(depths=(1, 1, 1, 1), embed_dim=16, num_heads=(1, 1, 1, 1), window_size=2))]
-    groups = []
-    for size in (224, 384, 512):
-        groups.append(('vit_small', [f'vit_small_{e}' for e in ENCODINGS], size, 256, 128, {}))
-        groups.append(('vit_base', [f'vit_base_{e}' for e in ENCODINGS], size, 128, 64, {}))
-    groups.append(('swin_tiny', ['swin_tiny_rpb', 'swin_tiny_rope_axial', 'swin_tiny_rope_mixed'], 224, 128, 64, {}))
-    return groups
+    vits = [(f'vit_{width}', [f'vit_{width}_{e}' for e in ENCODINGS], size, 256 if width == 'small' else 128,
+             128 if width == 'small' else 64, {}) for size in (224, 384, 512) for width in ('small', 'base')]
+    swin = ('swin_tiny', ['swin_tiny_rpb', 'swin_tiny_rope_axial', 'swin_tiny_rope_mixed'], 224, 128, 64, {})
+    return vits[:2] + [swin] + vits[2:]  # the budget skips from the end: the largest images go first
 
 
-def thesis(device: torch.device, smoke: bool, out_dir: Path, budget_s: float, start: float) -> List[dict]:
-    rows = []
+def thesis(device: torch.device, smoke: bool, out_dir: Path, budget_s: float) -> List[dict]:
+    """Every group of ``thesis_groups`` that starts within ``budget_s`` of the first; those after are recorded as
+    skipped."""
+    start, rows = time.time(), []
     for group, names, size, infer_batch, train_batch, kwargs in thesis_groups(smoke):
         if time.time() - start > budget_s:
             rows += [dict(group=group, img_size=size, model=n, phase=p, skipped='budget') for n in names
@@ -452,19 +494,23 @@ def main(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     env = environment(device)
     print(json.dumps(env))
-    ok = True
+    ok, tuned = True, []
     if 'correctness' in args.sections:
         ok = attempt('correctness', lambda: check_correctness(device, args.smoke, args.out), lambda message: False)
         print(f'[{time.time() - start:.0f}s] correctness done', flush=True)
+    # each section tunes at its own first shapes, not at the ones a section before it left in the caches
     if 'speed' in args.sections:
-        attempt('kernel speed', lambda: kernel_speed(device, args.smoke, args.out))
+        with kernel_config('autotuned'):
+            attempt('kernel speed', lambda: kernel_speed(device, args.smoke, args.out))
+            tuned += autotune_rows('speed')
         print(f'[{time.time() - start:.0f}s] kernel speed done', flush=True)
-    tuned = autotune_rows()
+    if 'thesis' in args.sections:
+        with kernel_config('autotuned'):
+            attempt('thesis', lambda: thesis(device, args.smoke, args.out, args.budget_s))
+            tuned += autotune_rows('thesis')
+        print(f'[{time.time() - start:.0f}s] thesis done', flush=True)
     if tuned:
         write_csv(tuned, args.out / 'autotune.csv', list(tuned[0]))
-    if 'thesis' in args.sections:
-        attempt('thesis', lambda: thesis(device, args.smoke, args.out, args.budget_s, start))
-        print(f'[{time.time() - start:.0f}s] thesis done', flush=True)
     env.update(seconds=round(time.time() - start, 1), correctness_ok=ok, errors=len(ERRORS))
     (args.out / 'env.json').write_text(json.dumps(env, indent=1))
     if ERRORS:

@@ -348,6 +348,16 @@ def test_fx_symbolic_trace_keeps_one_op_node():
         assert_matches(a, b)
 
 
+def test_launch_grid_fits_cuda_limits():
+    """CUDA takes 2^31 - 1 programs on grid axis 0 but 65535 on the others; Swin's window attention passes
+    batch x windows as the batch (65536 at batch 1024 with 64 windows)."""
+    from timm_pe.ops import rope_triton
+    grid = rope_triton._grid(1024 * 64, 49, 3)
+    for config in rope_triton._CONFIGS:
+        blocks, heads = grid(config.kwargs)
+        assert blocks == -(-49 // config.kwargs['BLOCK_N']) * 1024 * 64 < 2 ** 31 and heads == 3
+
+
 # (kernel, constexpr flags); each compiled for one activation dtype, tile height, head-dim block and warp count
 COMPILED_VARIANTS = [('_rope_fwd_kernel', dict(PAIRS=pairs)) for pairs in (False, True)] + [
     ('_rope_bwd_kernel', dict(TABLE_GRAD=table_grad, HAS_DV=has_dv, PAIRS=pairs))

@@ -78,6 +78,15 @@ def _rope_tile(COS, SIN, pid_n, h, N, P, HALF, stride_th, stride_tn, PAIRS: tl.c
     return n, d, lower, rot, partner, col, c, s
 
 
+@triton.jit
+def _program_tile(N, BLOCK_N: tl.constexpr):
+    """This program's token block, head and batch entry: token blocks and batch share grid axis 0 (CUDA allows
+    2^31 - 1 programs there, 65535 on the others: Swin's windows multiply the batch), heads are axis 1."""
+    blocks = tl.cdiv(N, BLOCK_N)
+    pid = tl.program_id(0)
+    return pid % blocks, tl.program_id(1), (pid // blocks).to(tl.int64)
+
+
 # timing a config runs the launch many times: an in-place one (OUT in QKV) must get its input back each time
 @_autotune('PAIRS', restore_value=['QKV'])
 @triton.jit
@@ -90,7 +99,7 @@ def _rope_fwd_kernel(
 ):
     """y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin for q and k of one (token block, head, batch); OUT may be
     QKV itself (each program reads its tile and its partners before writing them)."""
-    pid_n, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    pid_n, h, b = _program_tile(N, BLOCK_N)
     n, d, lower, rot, partner, _, c, s = _rope_tile(COS, SIN, pid_n, h, N, P, HALF, stride_th, stride_tn, PAIRS,
                                                     BLOCK_N, BLOCK_D)
     s = tl.where(lower, -s, s)
@@ -123,7 +132,7 @@ def _rope_bwd_kernel(
     dcos = dy1 x1 + dy2 x2 and dsin = dy2 x1 - dy1 x2, summed over q and k here and over batch and heads
     by the caller from the (batch, heads, rows, half) partials, which keeps the result deterministic.
     """
-    pid_n, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    pid_n, h, b = _program_tile(N, BLOCK_N)
     n, d, lower, rot, partner, col, c, s = _rope_tile(COS, SIN, pid_n, h, N, P, HALF, stride_th, stride_tn, PAIRS,
                                                       BLOCK_N, BLOCK_D)
     s = tl.where(lower, s, -s)
@@ -165,7 +174,8 @@ def _table_strides(cos: Tensor) -> Tuple[int, int]:
 
 
 def _grid(B: int, N: int, H: int):
-    return lambda meta: (triton.cdiv(N, meta['BLOCK_N']), H, B)
+    """(token blocks x batch, heads): see ``_program_tile``."""
+    return lambda meta: (triton.cdiv(N, meta['BLOCK_N']) * B, H)
 
 
 def _rope_forward(qkv: Tensor, cos: Tensor, sin: Tensor, num_prefix_tokens: int, out: Optional[Tensor],

@@ -366,8 +366,11 @@ ACTIVATION_POINTERS = {'QKV', 'OUT', 'DQ', 'DK', 'DV', 'DQKV'}
 TABLE_POINTERS = {'COS', 'SIN', 'DCOS', 'DSIN'}  # float32
 
 
+COMPILED_DTYPES = ('fp32', 'fp16', 'bf16')
+
+
 @pytest.mark.triton_compiler
-@pytest.mark.parametrize('dtype', ['fp32', 'fp16', 'bf16'])
+@pytest.mark.parametrize('dtype', COMPILED_DTYPES)
 @pytest.mark.parametrize('index', range(len(COMPILED_VARIANTS)),
                          ids=[f'{name[6:9]}-' + '-'.join(f'{k}{int(v)}' for k, v in flags.items())
                               for name, flags in COMPILED_VARIANTS])
@@ -381,8 +384,9 @@ def test_kernel_compiles_for_hopper(index, dtype):
     from timm_pe.ops import rope_triton
     name, flags = COMPILED_VARIANTS[index]
     kernel = getattr(rope_triton, name).fn  # the JITFunction under the autotuner
-    config = rope_triton._CONFIGS[(3 * index + len(dtype)) % len(rope_triton._CONFIGS)]
-    block_d = (32, 64, 128)[index % 3]
+    shift = index + COMPILED_DTYPES.index(dtype)
+    config = rope_triton._CONFIGS[(index + shift) % len(rope_triton._CONFIGS)]
+    block_d = (32, 64, 128)[shift % 3]
     signature = {p.name: 'constexpr' if p.is_constexpr else
                  f'*{dtype}' if p.name in ACTIVATION_POINTERS else
                  '*fp32' if p.name in TABLE_POINTERS else 'i32'

@@ -64,7 +64,7 @@ def test_a_group_that_raises_costs_its_own_rows_only(tmp_path, monkeypatch):
 def test_full_correctness_section_covers_every_pair_in_few_kernel_compiles(monkeypatch):
     """On a GPU each new kernel specialization (constexprs, config, dtypes, and which integers are 1 or divisible by
     16, which pointers are 16-byte aligned) is a compile of about a second: the full correctness section must
-    meet every pair of its factors' values in a few dozen of them (once the product of its factors was 590).
+    meet every pair of its factors' values in under a hundred of them (the product of its factors took about 590).
     Launches are recorded here, not run."""
     import triton.runtime.autotuner
     from benchmarks import gpu
@@ -78,8 +78,11 @@ def test_full_correctness_section_covers_every_pair_in_few_kernel_compiles(monke
 
     compiles = set()
 
-    def record(self, *args, **kwargs):
-        for config in self.configs:  # one where the check pins it; autotuned, each may compile
+    def record(self, *args, grid, warmup, **kwargs):
+        self.nargs = dict(zip(self.arg_names, args))
+        # one config where the check pins it; autotuned, every config that survives pruning is compiled to time
+        configs = self.configs if len(self.configs) == 1 else self.prune_configs(kwargs)
+        for config in configs:
             compiles.add((self.base_fn.__name__, str(config), tuple(map(specialization, [*args, *kwargs.values()]))))
 
     monkeypatch.setattr(triton.runtime.autotuner.Autotuner, 'run', record)
@@ -94,4 +97,4 @@ def test_full_correctness_section_covers_every_pair_in_few_kernel_compiles(monke
         for b in names[i + 1:]:
             met = {(case[a], case[b]) for case in cases}
             assert met >= {(va, vb) for va in factors[a] for vb in factors[b]}, (a, b)
-    assert len(cases) < 50 and len(compiles) <= 120, (len(cases), len(compiles))
+    assert len(cases) < 50 and len(compiles) < 100, (len(cases), len(compiles))

@@ -205,7 +205,10 @@ def test_autotuning_an_in_place_launch_gives_the_reference(training, monkeypatch
     from timm_pe.ops import rope_triton
     kernel = rope_triton._rope_fwd_kernel
 
+    timed = []
+
     def timer_running_each_config_three_times(kernel_call, quantiles):
+        timed.append(kernel_call)
         for _ in range(3):
             kernel_call()
         return [1.] * len(quantiles)
@@ -222,7 +225,7 @@ def test_autotuning_an_in_place_launch_gives_the_reference(training, monkeypatch
     with torch.set_grad_enabled(training):
         q, k, _ = apply_rope(qkv, cos, sin, prefix, backend='triton', overwrite_qkv=True)
     rq, rk, _ = rope_qkv_reference(reference, cos, sin, prefix)
-    assert len(kernel.cache) == 1 and q.data_ptr() == qkv[:, :, 0].data_ptr()
+    assert len(timed) == 2 and len(kernel.cache) == 1 and q.data_ptr() == qkv[:, :, 0].data_ptr()
     assert_matches(q, rq)
     assert_matches(k, rk)
 
@@ -384,9 +387,9 @@ def test_kernel_compiles_for_hopper(index, dtype):
     from timm_pe.ops import rope_triton
     name, flags = COMPILED_VARIANTS[index]
     kernel = getattr(rope_triton, name).fn  # the JITFunction under the autotuner
-    shift = index + COMPILED_DTYPES.index(dtype)
-    config = rope_triton._CONFIGS[(index + shift) % len(rope_triton._CONFIGS)]
-    block_d = (32, 64, 128)[shift % 3]
+    dtype_index = COMPILED_DTYPES.index(dtype)  # each dtype meets every config and head-dim block
+    config = rope_triton._CONFIGS[(index + dtype_index) % len(rope_triton._CONFIGS)]
+    block_d = (32, 64, 128)[(index + 2 * dtype_index) % 3]
     signature = {p.name: 'constexpr' if p.is_constexpr else
                  f'*{dtype}' if p.name in ACTIVATION_POINTERS else
                  '*fp32' if p.name in TABLE_POINTERS else 'i32'

@@ -48,11 +48,29 @@ def _untimed(kernel_call, quantiles):
     return [0.] * len(quantiles)
 
 
-def _autotune(*keys, restore_value=None):
+def _autotune(*keys, **hooks):
     # the interpreter keeps one config and has no device to time it on; Triton before 3.8 would time it anyway
     do_bench = _untimed if os.environ.get('TRITON_INTERPRET') == '1' else None
     return triton.autotune(configs=_CONFIGS, key=['D', *keys], prune_configs_by={'early_config_prune': _prune_configs},
-                           do_bench=do_bench, restore_value=restore_value)
+                           do_bench=do_bench, **hooks)
+
+
+def _in_place_restoring_hooks():
+    """Autotuner hooks for the forward kernel: timing a config reruns the launch, so an in-place one (OUT in
+    QKV's storage) gets its q and k back after each run, or they would come out rotated once per run; an
+    out-of-place launch is timed with no copies in its timings."""
+    saved = {}
+
+    def pre_hook(nargs, reset_only=False):
+        out = nargs['OUT']
+        if not reset_only and out.untyped_storage().data_ptr() == nargs['QKV'].untyped_storage().data_ptr():
+            saved['out'] = out.clone()
+
+    def post_hook(nargs, exception):
+        if 'out' in saved:
+            nargs['OUT'].copy_(saved.pop('out'))
+
+    return dict(pre_hook=pre_hook, post_hook=post_hook)
 
 
 @triton.jit
@@ -87,8 +105,7 @@ def _program_tile(N, BLOCK_N: tl.constexpr):
     return pid % blocks, tl.program_id(1), (pid // blocks).to(tl.int64)
 
 
-# timing a config runs the launch many times: an in-place one (OUT in QKV) must get its input back each time
-@_autotune('PAIRS', restore_value=['QKV'])
+@_autotune('PAIRS', **_in_place_restoring_hooks())
 @triton.jit
 def _rope_fwd_kernel(
         QKV, OUT, COS, SIN, N, D, P, HALF,

@@ -24,9 +24,9 @@ Writes under ``--out``: ``correctness.csv`` (every case's max error, in ulps for
 the poisoned outputs were fully overwritten), ``kernel_speed.csv`` / ``.png`` (median ms, effective GB/s,
 fraction of a device copy of the same bytes, speedup over timm and over torch.compile), ``thesis.csv`` /
 ``.png`` (throughput, step time, ratio to APE, peak memory and the SDPA backend each model ran),
-``autotune.csv`` (the config Triton picked per key, per section) and ``env.json``. A case, timing or model group that
-raises is recorded (its row says so, the traceback goes to ``errors.txt``) and the run goes on, so one
-failure costs its own figure only. Exit status 1 if any correctness case fails or anything raised.
+``autotune.csv`` (the config Triton picked per key, per section) and ``env.json``. A case, timing or model
+group that raises is recorded (its row says so, the traceback goes to ``errors.txt``) and the run goes on, so
+one failure costs its own figure only. Exit status 1 if any correctness case fails or anything raised.
 """
 import argparse
 import contextlib

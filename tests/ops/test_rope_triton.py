@@ -367,8 +367,6 @@ COMPILED_VARIANTS = [('_rope_fwd_kernel', dict(PAIRS=pairs)) for pairs in (False
     for table_grad in (False, True) for has_dv in (False, True) for pairs in (False, True)]
 ACTIVATION_POINTERS = {'QKV', 'OUT', 'DQ', 'DK', 'DV', 'DQKV'}
 TABLE_POINTERS = {'COS', 'SIN', 'DCOS', 'DSIN'}  # float32
-
-
 COMPILED_DTYPES = ('fp32', 'fp16', 'bf16')
 
 

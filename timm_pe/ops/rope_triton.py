@@ -9,7 +9,8 @@ autograd node of ``rope_autograd`` instead, whose backward also takes v's gradie
 Both kernels take the rotate-half layout or, with ``pairs``, the pair order of a reparameterized projection.
 Tile height (tokens per program) and warps are picked by Triton's autotuner per head dim, dtype and layout
 (and, backward, per table-gradient and dv variant) from ``_CONFIGS``, pruned to tiles of 512 to 16384
-elements; the first call of each key times the survivors on the GPU.
+elements; the first call of each key times the survivors on the GPU (an in-place launch gets its q and k back
+after each timed run).
 """
 import functools
 import os

@@ -194,6 +194,33 @@ def test_pair_ordered_rotation_is_the_reference_in_pair_order(prefix, heads_in_t
         torch.testing.assert_close(got_grads[2], want_grads[2], **(tol or {'atol': 1e-5, 'rtol': 1e-5}))
 
 
+@pytest.mark.parametrize('prefix', [0, 1, 5])
+@pytest.mark.parametrize('heads_in_table', [False, True])
+@pytest.mark.parametrize('head_dim,half', [(16, 8), (20, 4)])
+def test_pair_rotation_over_whole_tokens_leaves_the_rest_bit_exact(prefix, heads_in_table, head_dim, half):
+    """In place on a fresh float32 projection output the rotation multiplies whole tokens, v by 1: q and k
+    rotated as the strided multiply over q and k alone rotates them (here, a slice of a wider output), and v,
+    the prefix tokens and the unrotated dims bit for bit as they were; the table is built once."""
+    from timm_pe.ops.rope_torch import rope_qkv_pairs, token_tables
+    torch.manual_seed(0)
+    B, N, H = 2, 11 + prefix, 3
+    cos, sin = torch.randn(2, H if heads_in_table else 1, N - prefix, half)
+    qkv = torch.randn(B, N, 3, H, head_dim)
+    wider = torch.zeros(B, N, 3 * H * head_dim + 2)
+    sliced = wider[..., :-2].view(qkv.shape).copy_(qkv)  # tokens 2 elements apart: no whole-token view
+    fresh = qkv.clone()
+    got = rope_qkv_pairs(fresh, cos, sin, prefix, overwrite_qkv=True)
+    want = rope_qkv_pairs(sliced, cos, sin, prefix, overwrite_qkv=True)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    rotated = (slice(None), slice(prefix, None), slice(0, 2), slice(None), slice(0, 2 * half))
+    untouched = torch.ones(qkv.shape, dtype=torch.bool)
+    untouched[rotated] = False
+    assert torch.equal(fresh[untouched], qkv[untouched])
+    assert not torch.equal(fresh[rotated], qkv[rotated])
+    assert token_tables(cos, sin, H, head_dim, prefix) is token_tables(cos, sin, H, head_dim, prefix)
+
+
 def test_pair_ordered_rotation_takes_gradients_in_any_layout():
     """The autograd node views gradients as complex pairs where their strides allow, and copies them where
     not (a gradient with an odd stride); either way the result is the expression's."""

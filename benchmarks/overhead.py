@@ -26,6 +26,10 @@ records the median page faults per step (``minor_faults``), so a run shows wheth
 
 ``--reparam`` adds, in the same rounds, a copy of each rotary model as timm's ``reparameterize_model`` leaves it
 (qkv rows in pair order: no per-call weight gather in CPU float32 inference), named ``NAME+reparam``.
+
+``--twin`` adds, last, a second baseline model built afresh (its own weights, its own place in memory),
+named ``NAME#2``: it does the baseline's work, so its ratio is the run's noise floor, which the same model's
+matrix products, placed elsewhere in memory, spread by about 1% on a shared machine.
 """
 import argparse
 import ast
@@ -128,6 +132,9 @@ def main(argv=None):
     parser.add_argument('--reparam', action='store_true',
                         help="also time every model that timm's reparameterize_model changes (the rotary ones: qkv rows "
                              "in pair order), as NAME+reparam, in the same rounds")
+    parser.add_argument('--twin', action='store_true',
+                        help='also time a second, separately built baseline model (NAME#2) in the same rounds: '
+                             "its ratio to the baseline is the run's noise floor")
     parser.add_argument('--phases', nargs='+', default=['infer', 'train'], choices=['infer', 'train'])
     parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
                         help='e.g. depth=2 for a quicker, shallower run (values read as Python literals)')
@@ -151,6 +158,8 @@ def main(argv=None):
         models = {name: timm.create_model(name, img_size=size, **kwargs) for name in args.models}
         if args.reparam:
             models.update(reparameterized(models))
+        if args.twin:
+            models[f'{args.models[0]}#2'] = timm.create_model(args.models[0], img_size=size, **kwargs)
         attention = {name: attention_time(m, clock) for name, m in models.items()}
         images = torch.randn(args.batch_size, 3, size, size)
         for phase in args.phases:

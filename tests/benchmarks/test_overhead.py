@@ -52,14 +52,14 @@ def test_overhead_rows_ratios_and_attention_excess(tmp_path):
         assert by_model['vit_tiny_rope_axial'] - by_model['vit_tiny_ape']  # the rotation's own ops
 
 
-def test_reparam_times_reparameterized_copies_of_the_rotary_models_in_the_same_rounds(tmp_path):
+def test_reparam_and_twin_time_their_copies_in_the_same_rounds(tmp_path):
     out = tmp_path / 'overhead.csv'
     main(['--models', 'vit_tiny_ape', 'vit_tiny_rope_mixed', '--model-kwargs', 'depth=1', '--sizes', '32',
           '--reps', '2', '--warmup', '0', '--batch-size', '8', '--phases', 'infer', '--op-steps', '0', '--reparam',
-          '--csv', str(out)])
+          '--twin', '--csv', str(out)])
     with open(out) as f:
         assert [r['model'] for r in csv.DictReader(f)] == ['vit_tiny_ape', 'vit_tiny_rope_mixed',
-                                                          'vit_tiny_rope_mixed+reparam']
+                                                          'vit_tiny_rope_mixed+reparam', 'vit_tiny_ape#2']
 
 
 _FAULTS_OF_A_REUSED_BLOCK = """
